@@ -1,0 +1,299 @@
+"""Task dispatch: submit, claim with a lease, report, finish, cancel, wait.
+
+Delivery is at-least-once and recording exactly-once: every claim starts a new attempt
+with a lease; only the current attempt may report; a repeated final report for the
+current attempt is accepted once and changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+
+from taskfleet.core import errors
+from taskfleet.core.agents import agent_channel
+from taskfleet.core.models import (
+    Agent,
+    JSONValue,
+    LogChunk,
+    NewTask,
+    Output,
+    Principal,
+    Progress,
+    TargetKind,
+    Task,
+    TaskFilter,
+    TaskStatus,
+)
+from taskfleet.core.ports import Bus, Clock, Store
+
+log = logging.getLogger(__name__)
+
+LEASE_SECONDS = 60.0
+POLL_INTERVAL_SECONDS = 1.0  #: how late a task can be when a wake-up is lost
+QUEUE_CHANNEL = "tasks"  #: woken for every task any agent might take
+MAX_PAYLOAD_BYTES = 1024 * 1024
+MAX_LOG_CHUNK_BYTES = 256 * 1024
+MAX_BATCH = 10_000
+MAX_PRIORITY = 1_000_000
+
+
+def task_channel(task_id: int) -> str:
+    """Bus channel woken whenever the task changes state."""
+    return f"task:{task_id}"
+
+
+def _json_size(value: JSONValue, what: str, limit: int) -> None:
+    try:
+        size = len(json.dumps(value))
+    except (TypeError, ValueError) as exc:
+        raise errors.Invalid(f"{what} must be JSON") from exc
+    if size > limit:
+        raise errors.TooLarge(f"{what} must be at most {limit} bytes of JSON")
+
+
+def check_new_task(task: NewTask) -> NewTask:
+    if not isinstance(task.type, str) or not 0 < len(task.type) <= 128:
+        raise errors.Invalid("a task type must be 1-128 characters")
+    if not -MAX_PRIORITY <= task.priority <= MAX_PRIORITY:
+        raise errors.Invalid(f"priority must be between -{MAX_PRIORITY} and {MAX_PRIORITY}")
+    if not 1 <= task.max_attempts <= 100:
+        raise errors.Invalid("max_attempts must be between 1 and 100")
+    if task.timeout_seconds is not None and not 0 < task.timeout_seconds <= 30 * 86400:
+        raise errors.Invalid("timeout_seconds must be positive and at most 30 days")
+    if task.target_kind is not TargetKind.ANY and not task.target:
+        raise errors.Invalid(f"a {task.target_kind.value} target needs a name")
+    _json_size(task.payload, "a payload", MAX_PAYLOAD_BYTES)
+    if task.target_kind is TargetKind.TAGS:
+        tags = sorted({t.strip() for t in task.target.split(",") if t.strip()})
+        task = replace(task, target=",".join(tags))
+    return task
+
+
+class TaskService:
+    def __init__(
+        self,
+        store: Store,
+        bus: Bus,
+        clock: Clock,
+        lease_seconds: float = LEASE_SECONDS,
+        poll_interval: float = POLL_INTERVAL_SECONDS,
+        on_claim: Callable[[Task], None] | None = None,
+    ) -> None:
+        self._store = store
+        self._on_claim = on_claim
+        self._bus = bus
+        self._clock = clock
+        self.lease_seconds = lease_seconds
+        self.poll_interval = poll_interval
+
+    # -- submitting -----------------------------------------------------------------
+
+    async def submit(self, tasks: Sequence[NewTask]) -> list[Task]:
+        """Queues the tasks, all or none. They are on disk when this returns.
+
+        Raises `Invalid` for a bad task and `NotFound` for an unknown target agent or group.
+        """
+        if not 0 < len(tasks) <= MAX_BATCH:
+            raise errors.Invalid(f"submit between 1 and {MAX_BATCH} tasks at once")
+        checked = [check_new_task(t) for t in tasks]
+        for task in checked:
+            await self._check_target(task)
+        created = await self._store.add_tasks(checked, self._clock.now())
+        await self._bus.notify(self._wake_channels(created))
+        return created
+
+    async def broadcast(self, group: str, template: NewTask) -> list[Task]:
+        """One task per current member of `group`, each targeted at that member."""
+        members = await self._store.group_members(group)
+        if not members:
+            raise errors.NotFound(f"group {group!r} has no members")
+        return await self.submit(
+            [replace(template, target_kind=TargetKind.AGENT, target=a.name) for a in members]
+        )
+
+    async def _check_target(self, task: NewTask) -> None:
+        if task.target_kind is TargetKind.AGENT:
+            if await self._store.get_agent(task.target) is None:
+                raise errors.NotFound(f"no agent named {task.target!r}")
+        elif task.target_kind is TargetKind.GROUP and task.target not in {
+            g.name for g in await self._store.list_groups()
+        }:
+            raise errors.NotFound(f"no group named {task.target!r}")
+
+    @staticmethod
+    def _wake_channels(tasks: Sequence[Task]) -> set[str]:
+        channels: set[str] = set()
+        for task in tasks:
+            if task.target_kind is TargetKind.AGENT:
+                channels.add(agent_channel(task.target))
+            else:
+                channels.add(QUEUE_CHANNEL)
+        return channels
+
+    # -- reading ----------------------------------------------------------------------
+
+    async def get(self, task_id: int, caller: Principal | None = None) -> Task:
+        """Raises `NotFound`, also for an agent asking about a task that is not its own."""
+        task = await self._store.get_task(task_id)
+        if task is None or (caller is not None and not await self._visible(task, caller)):
+            raise errors.NotFound(f"no task {task_id}")
+        return task
+
+    async def _visible(self, task: Task, caller: Principal) -> bool:
+        if caller.is_admin:
+            return True
+        if task.target_kind is TargetKind.AGENT and task.target == caller.name:
+            return True
+        agent = await self._store.get_agent(caller.name)
+        return agent is not None and task.lease_owner == agent.id
+
+    async def list(self, query: TaskFilter) -> list[Task]:
+        if not 0 < query.limit <= 1000:
+            raise errors.Invalid("limit must be between 1 and 1000")
+        return await self._store.list_tasks(query)
+
+    async def counts(self) -> dict[TaskStatus, int]:
+        return await self._store.count_tasks_by_status()
+
+    async def wait(self, task_id: int, timeout: float, caller: Principal | None = None) -> Task:
+        """Returns the task once it is finished, or as it stands after `timeout` seconds."""
+        deadline = self._clock.now() + max(0.0, timeout)
+        while True:
+            task = await self.get(task_id, caller)
+            remaining = deadline - self._clock.now()
+            if task.status.terminal or remaining <= 0:
+                return task
+            await self._bus.wait([task_channel(task_id)], min(remaining, self.poll_interval))
+
+    # -- the agent's side ---------------------------------------------------------------
+
+    async def claim(self, agent: Agent) -> Task | None:
+        """Leases the best task this agent may run now, or returns None."""
+        if not agent.enabled:
+            return None
+        task = await self._store.claim_task(agent, self._clock.now(), self.lease_seconds)
+        if task is not None:
+            log.debug("claimed", extra={"action": "claim_task", "task": task.id})
+            if self._on_claim is not None:
+                self._on_claim(task)
+            await self._bus.notify([task_channel(task.id)])
+        return task
+
+    async def claim_wait(self, agent: Agent, timeout: float) -> Task | None:
+        """Like `claim`, but waits up to `timeout` seconds for work (long-poll)."""
+        deadline = self._clock.now() + max(0.0, timeout)
+        channels = [QUEUE_CHANNEL, agent_channel(agent.name)]
+        while True:
+            task = await self.claim(agent)
+            remaining = deadline - self._clock.now()
+            if task is not None or remaining <= 0:
+                return task
+            await self._bus.wait(channels, min(remaining, self.poll_interval))
+            agent = await self._store.get_agent_by_id(agent.id) or agent
+
+    async def heartbeat(
+        self, agent: Agent, task_id: int, attempt: int, progress: Progress | None = None
+    ) -> Task:
+        """Extends the lease of the current attempt, recording progress if given.
+
+        Raises `Conflict` when the attempt is not current (the agent should stop working).
+        """
+        now = self._clock.now()
+        return await self._store.extend_lease(
+            task_id, agent.id, attempt, now + self.lease_seconds, progress, now
+        )
+
+    async def complete(self, agent: Agent, task_id: int, attempt: int, result: JSONValue) -> Task:
+        """Records the result. Refuses a stale attempt with `Conflict`; a repeated result
+        for the current attempt is accepted once."""
+        _json_size(result, "a result", MAX_PAYLOAD_BYTES)
+        return await self._finish(agent, task_id, attempt, TaskStatus.COMPLETED, result, None)
+
+    async def fail(self, agent: Agent, task_id: int, attempt: int, message: str) -> Task:
+        """Records the attempt as failed with the agent's message (same rules as `complete`)."""
+        error = str(message)[:10_000] or "the agent reported a failure without a message"
+        return await self._finish(agent, task_id, attempt, TaskStatus.FAILED, None, error)
+
+    async def confirm_cancel(self, agent: Agent, task_id: int, attempt: int) -> Task:
+        return await self._finish(agent, task_id, attempt, TaskStatus.CANCELLED, None, "cancelled")
+
+    async def _finish(
+        self,
+        agent: Agent,
+        task_id: int,
+        attempt: int,
+        status: TaskStatus,
+        result: JSONValue,
+        error: str | None,
+    ) -> Task:
+        task, recorded = await self._store.finish_task(
+            task_id, agent.id, attempt, status, result, error, self._clock.now()
+        )
+        if recorded:
+            await self._bus.notify([task_channel(task_id)])
+        return task
+
+    async def log(self, agent: Agent, task_id: int, attempt: int, text: str) -> None:
+        """Appends to the task's log; only the current attempt's agent may write."""
+        if len(text.encode()) > MAX_LOG_CHUNK_BYTES:
+            raise errors.TooLarge(f"a log chunk must be at most {MAX_LOG_CHUNK_BYTES} bytes")
+        await self._current_attempt(agent, task_id, attempt)
+        await self._store.append_log(task_id, attempt, self._clock.now(), text)
+
+    async def add_output(self, agent: Agent, task_id: int, attempt: int, data: JSONValue) -> Output:
+        _json_size(data, "an output", MAX_PAYLOAD_BYTES)
+        await self._current_attempt(agent, task_id, attempt)
+        return await self._store.add_output(task_id, self._clock.now(), data)
+
+    async def _current_attempt(self, agent: Agent, task_id: int, attempt: int) -> Task:
+        task = await self._store.get_task(task_id)
+        if task is None:
+            raise errors.NotFound(f"no task {task_id}")
+        if task.lease_owner != agent.id or task.attempt != attempt:
+            raise errors.Conflict(f"attempt {attempt} of task {task_id} is not current")
+        return task
+
+    async def read_log(self, task_id: int, after_id: int = 0, limit: int = 1000) -> list[LogChunk]:
+        return await self._store.read_log(task_id, after_id, limit)
+
+    async def outputs(self, task_id: int) -> list[Output]:
+        return await self._store.list_outputs(task_id)
+
+    async def sign_off(self, agent: Agent) -> list[Task]:
+        """The agent leaves: its active tasks go back to the queue without using up attempts."""
+        released = await self._store.release_agent_tasks(agent.id, self._clock.now())
+        await self._bus.notify(self._wake_channels(released))
+        return released
+
+    # -- the operator's side ------------------------------------------------------------
+
+    async def cancel(self, task_id: int) -> Task:
+        """A queued task is cancelled at once; an active one is asked to stop and ends as
+        cancelled when its agent confirms (or its lease runs out)."""
+        task = await self._store.request_cancel(task_id, self._clock.now())
+        channels = {task_channel(task_id)}
+        if task.lease_owner is not None:
+            owner = await self._store.get_agent_by_id(task.lease_owner)
+            if owner is not None:
+                channels.add(agent_channel(owner.name))
+        await self._bus.notify(channels)
+        return task
+
+    async def requeue(self, task_id: int, reset_attempts: bool = True) -> Task:
+        """Puts a finished task back in the queue (an operator's retry)."""
+        task = await self._store.requeue_task(task_id, self._clock.now(), reset_attempts)
+        await self._bus.notify(self._wake_channels([task]) | {task_channel(task_id)})
+        return task
+
+    async def reap(self) -> list[Task]:
+        """Handles expired leases and timeouts; run periodically by the server."""
+        changed = await self._store.expire_leases(self._clock.now())
+        if changed:
+            queued = [t for t in changed if t.status is TaskStatus.QUEUED]
+            channels = self._wake_channels(queued) | {task_channel(t.id) for t in changed}
+            await self._bus.notify(channels)
+            log.info("reaped %d tasks", len(changed), extra={"action": "reap"})
+        return changed

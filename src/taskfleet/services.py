@@ -1,0 +1,46 @@
+"""The engine's services wired together: what every transport is handed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from taskfleet.config import Settings
+from taskfleet.core.accounts import AccountService
+from taskfleet.core.agents import AgentService
+from taskfleet.core.ports import Bus, Clock, Store, SystemClock
+from taskfleet.core.tasks import TaskService
+from taskfleet.metrics import Metrics
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    settings: Settings
+    store: Store
+    bus: Bus
+    clock: Clock
+    accounts: AccountService
+    agents: AgentService
+    tasks: TaskService
+    metrics: Metrics
+
+
+def wire(settings: Settings, store: Store, bus: Bus, clock: Clock | None = None) -> Services:
+    clock = clock or SystemClock()
+    metrics = Metrics()
+    return Services(
+        settings=settings,
+        store=store,
+        bus=bus,
+        clock=clock,
+        accounts=AccountService(store, clock, api_keys=settings.api_keys),
+        agents=AgentService(store, bus, clock, event_bound=settings.event_bound),
+        tasks=TaskService(
+            store,
+            bus,
+            clock,
+            lease_seconds=settings.lease_seconds,
+            poll_interval=settings.poll_interval,
+            on_claim=metrics.claimed,
+        ),
+        metrics=metrics,
+    )

@@ -1,0 +1,88 @@
+"""Opening the database: URLs, SQLite pragmas and transaction mode, migrations at start."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import event, text
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+BUSY_TIMEOUT_MS = 10_000
+#: Serializes `alembic upgrade` across replicas sharing one PostgreSQL database.
+MIGRATION_LOCK_ID = 7_413_551
+
+
+def async_url(url: str) -> str:
+    """Accepts a file path, `sqlite:///…` or `postgresql://…` and names the async driver."""
+    if "://" not in url:
+        return f"sqlite+aiosqlite:///{Path(url).expanduser().absolute()}"
+    parsed = make_url(url)
+    if parsed.drivername in ("sqlite", "sqlite+pysqlite"):
+        parsed = parsed.set(drivername="sqlite+aiosqlite")
+    elif parsed.drivername in ("postgresql", "postgres", "postgresql+psycopg2"):
+        parsed = parsed.set(drivername="postgresql+asyncpg")
+    return parsed.render_as_string(hide_password=False)
+
+
+def is_sqlite(engine: AsyncEngine) -> bool:
+    return engine.dialect.name == "sqlite"
+
+
+def open_engine(url: str, synchronous: str = "NORMAL") -> AsyncEngine:
+    """Creates the engine. On SQLite: WAL, a busy timeout, and write transactions that start
+    with BEGIN IMMEDIATE so that concurrent writers (other processes too) queue up instead
+    of failing with "database is locked" half-way through a claim.
+
+    `synchronous=NORMAL` in WAL mode survives a killed process (kill -9) without losing a
+    committed transaction; only a power loss or OS crash may lose the last commits. Use
+    FULL where that matters more than speed.
+    """
+    engine = create_async_engine(async_url(url), pool_pre_ping=False)
+    if is_sqlite(engine):
+        _configure_sqlite(engine, synchronous.upper())
+    return engine
+
+
+def _configure_sqlite(engine: AsyncEngine, synchronous: str) -> None:
+    if synchronous not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+        raise ValueError(f"unknown SQLite synchronous setting {synchronous!r}")
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Take transaction control from the driver so that BEGIN is ours to emit.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA synchronous={synchronous}")
+        cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        mode = conn.get_execution_options().get("sqlite_begin", "IMMEDIATE")
+        conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+def _alembic_config(connection: Connection) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["connection"] = connection
+    return config
+
+
+def _upgrade(connection: Connection) -> None:
+    if connection.dialect.name == "postgresql":
+        connection.execute(text(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_ID})"))
+    command.upgrade(_alembic_config(connection), "head")
+
+
+async def migrate(engine: AsyncEngine) -> None:
+    """Applies every pending Alembic migration (`alembic upgrade head`)."""
+    async with engine.begin() as conn:
+        await conn.run_sync(_upgrade)

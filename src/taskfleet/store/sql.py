@@ -1,0 +1,21 @@
+"""The one `Store` implementation, on SQLite or PostgreSQL."""
+
+from __future__ import annotations
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from taskfleet.store.accounts import AccountQueries
+from taskfleet.store.agents import AgentQueries
+from taskfleet.store.engine import migrate, open_engine
+from taskfleet.store.tasks import TaskQueries
+
+
+class SqlStore(AccountQueries, AgentQueries, TaskQueries):
+    """Implements `taskfleet.core.ports.Store`."""
+
+
+async def open_store(url: str, synchronous: str = "NORMAL") -> SqlStore:
+    """Opens the database at `url` and brings its schema up to date."""
+    engine: AsyncEngine = open_engine(url, synchronous)
+    await migrate(engine)
+    return SqlStore(engine)

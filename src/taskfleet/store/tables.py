@@ -1,0 +1,168 @@
+"""Every table, in one place. Migrations in `migrations/` must produce exactly this schema
+(a test compares them)."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+#: SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL gets 64-bit ids.
+Id = BigInteger().with_variant(Integer(), "sqlite")
+Json = JSON(none_as_null=True)
+
+accounts = Table(
+    "accounts",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("name", String(64), nullable=False, unique=True),
+    Column("role", String(16), nullable=False),
+    Column("secret_hash", String(256), nullable=False),
+    Column("enabled", Boolean, nullable=False, default=True),
+    Column("created_at", Float, nullable=False),
+)
+
+sessions = Table(
+    "sessions",
+    metadata,
+    Column("token_hash", String(64), primary_key=True),
+    Column(
+        "account_id", Id, ForeignKey("accounts.id", ondelete="CASCADE"), nullable=False, index=True
+    ),
+    Column("expires", Float, nullable=False),
+)
+
+settings = Table(
+    "settings",
+    metadata,
+    Column("key", String(100), primary_key=True),
+    Column("value", Json),
+)
+
+agents = Table(
+    "agents",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("name", String(64), nullable=False, unique=True),
+    Column("account_id", Id, ForeignKey("accounts.id", ondelete="SET NULL"), index=True),
+    Column("nickname", String(200), nullable=False, default=""),
+    Column("tags", Json, nullable=False),
+    Column("task_types", Json, nullable=False),
+    Column("status", String(32), nullable=False),
+    Column("requested_status", String(32)),
+    Column("requested_lazy", Boolean, nullable=False, default=False),
+    Column("online", Boolean, nullable=False, default=False),
+    Column("last_seen", Float),
+    Column("version", String(100), nullable=False, default=""),
+    Column("platform", String(200), nullable=False, default=""),
+    Column("public_key", Text),
+    Column("verified", Boolean, nullable=False, default=False),
+    Column("enabled", Boolean, nullable=False, default=True),
+    Column("metadata", Json, nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+
+groups = Table(
+    "groups",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("name", String(64), nullable=False, unique=True),
+    Column("created_at", Float, nullable=False),
+)
+
+agent_groups = Table(
+    "agent_groups",
+    metadata,
+    Column("agent_id", Id, ForeignKey("agents.id", ondelete="CASCADE"), primary_key=True),
+    Column("group_id", Id, ForeignKey("groups.id", ondelete="CASCADE"), primary_key=True),
+)
+
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("name", String(200), nullable=False),
+    Column("type", String(128), nullable=False, default=""),
+    Column("priority", Integer, nullable=False, default=0),
+    Column("settings", Json),
+    Column("created_at", Float, nullable=False),
+)
+
+tasks = Table(
+    "tasks",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("job_id", Id, ForeignKey("jobs.id", ondelete="CASCADE"), index=True),
+    Column("type", String(128), nullable=False),
+    Column("payload", Json),
+    Column("target_kind", String(16), nullable=False),
+    Column("target", String(1024), nullable=False, default=""),
+    Column("priority", Integer, nullable=False, default=0),
+    Column("status", String(32), nullable=False),
+    Column("attempt", Integer, nullable=False, default=0),
+    Column("max_attempts", Integer, nullable=False, default=3),
+    Column("lease_owner", Id, index=True),
+    Column("lease_expires", Float),
+    Column("timeout_seconds", Float),
+    Column("progress_percent", Float),
+    Column("progress_eta", Float),
+    Column("activity", String(1000), nullable=False, default=""),
+    Column("result", Json),
+    Column("error", Text),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Column("claimed_at", Float),
+    Column("finished_at", Float),
+    # The claim query walks this index in (priority desc, id) order among queued tasks.
+    Index("ix_tasks_queue", "status", "priority", "id"),
+    Index("ix_tasks_lease", "status", "lease_expires"),
+)
+
+task_logs = Table(
+    "task_logs",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("task_id", Id, ForeignKey("tasks.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("attempt", Integer, nullable=False),
+    Column("time", Float, nullable=False),
+    Column("text", Text, nullable=False),
+)
+
+task_outputs = Table(
+    "task_outputs",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("task_id", Id, ForeignKey("tasks.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("time", Float, nullable=False),
+    Column("data", Json),
+)
+
+events = Table(
+    "events",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("agent_id", Id, ForeignKey("agents.id", ondelete="CASCADE"), nullable=False),
+    Column("time", Float, nullable=False),
+    Column("data", Json),
+    Index("ix_events_agent_id_id", "agent_id", "id"),
+)

@@ -1,0 +1,465 @@
+"""Queries for jobs, tasks, task logs and outputs.
+
+Every state change is a compare-and-set that names the state it expects; zero rows
+updated means the caller is stale (`Conflict`) or the task does not exist (`NotFound`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import ColumnElement, Select, and_, func, insert, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from taskfleet.core import errors
+from taskfleet.core.models import (
+    Agent,
+    Job,
+    JSONValue,
+    LogChunk,
+    NewTask,
+    Output,
+    Progress,
+    TargetKind,
+    Task,
+    TaskFilter,
+    TaskStatus,
+)
+from taskfleet.store.base import Base, to_task
+from taskfleet.store.tables import jobs, task_logs, task_outputs, tasks
+
+RUNNING = (TaskStatus.ACTIVE.value, TaskStatus.CANCEL_REQUESTED.value)
+TERMINAL = (TaskStatus.COMPLETED.value, TaskStatus.FAILED.value, TaskStatus.CANCELLED.value)
+#: Queued tasks the claim looks at per round; tag targets are matched in Python.
+CLAIM_WINDOW = 32
+REAP_BATCH = 500
+
+
+def _eligible(agent: Agent) -> ColumnElement[bool]:
+    """SQL for "this agent may run this queued task" (tag subsets are checked after)."""
+    targets = [
+        and_(tasks.c.target_kind == TargetKind.AGENT.value, tasks.c.target == agent.name),
+        tasks.c.target_kind == TargetKind.ANY.value,
+    ]
+    if agent.groups:
+        targets.append(
+            and_(tasks.c.target_kind == TargetKind.GROUP.value, tasks.c.target.in_(agent.groups))
+        )
+    if agent.tags:
+        targets.append(tasks.c.target_kind == TargetKind.TAGS.value)
+    condition = and_(tasks.c.status == TaskStatus.QUEUED.value, or_(*targets))
+    if agent.task_types:
+        condition = and_(condition, tasks.c.type.in_(agent.task_types))
+    return condition
+
+
+def _tags_match(row: Any, agent: Agent) -> bool:
+    if row.target_kind != TargetKind.TAGS.value:
+        return True
+    return set(filter(None, row.target.split(","))) <= set(agent.tags)
+
+
+def _filtered(query: TaskFilter) -> Select[Any]:
+    stmt = select(tasks).where(tasks.c.id > query.after_id)
+    if query.status is not None:
+        stmt = stmt.where(tasks.c.status == query.status.value)
+    if query.type is not None:
+        stmt = stmt.where(tasks.c.type == query.type)
+    if query.agent_id is not None:
+        stmt = stmt.where(tasks.c.lease_owner == query.agent_id)
+    if query.target is not None:
+        stmt = stmt.where(tasks.c.target == query.target)
+    if query.job_id is not None:
+        stmt = stmt.where(tasks.c.job_id == query.job_id)
+    return stmt.order_by(tasks.c.id).limit(query.limit)
+
+
+class TaskQueries(Base):
+    async def add_tasks(self, new: Sequence[NewTask], now: float) -> list[Task]:
+        rows = [
+            {
+                "job_id": t.job_id,
+                "type": t.type,
+                "payload": t.payload,
+                "target_kind": t.target_kind.value,
+                "target": t.target,
+                "priority": t.priority,
+                "status": TaskStatus.QUEUED.value,
+                "attempt": 0,
+                "max_attempts": t.max_attempts,
+                "timeout_seconds": t.timeout_seconds,
+                "activity": "",
+                "created_at": now,
+                "updated_at": now,
+            }
+            for t in new
+        ]
+        async with self._write() as conn:
+            result = await conn.execute(
+                insert(tasks).returning(tasks, sort_by_parameter_order=True), rows
+            )
+            return [to_task(r) for r in result]
+
+    async def get_task(self, task_id: int) -> Task | None:
+        async with self._read() as conn:
+            return await self._get(conn, task_id)
+
+    @staticmethod
+    async def _get(conn: AsyncConnection, task_id: int) -> Task | None:
+        row = (await conn.execute(select(tasks).where(tasks.c.id == task_id))).first()
+        return None if row is None else to_task(row)
+
+    async def list_tasks(self, query: TaskFilter) -> list[Task]:
+        async with self._read() as conn:
+            return [to_task(r) for r in await conn.execute(_filtered(query))]
+
+    async def count_tasks_by_status(self) -> dict[TaskStatus, int]:
+        query = select(tasks.c.status, func.count()).group_by(tasks.c.status)
+        async with self._read() as conn:
+            return {TaskStatus(s): int(n) for s, n in await conn.execute(query)}
+
+    async def claim_task(self, agent: Agent, now: float, lease_seconds: float) -> Task | None:
+        candidates = (
+            select(tasks.c.id, tasks.c.target_kind, tasks.c.target)
+            .where(_eligible(agent))
+            .order_by(tasks.c.priority.desc(), tasks.c.id)
+            .limit(CLAIM_WINDOW)
+        )
+        if not self.sqlite:
+            candidates = candidates.with_for_update(skip_locked=True)
+        async with self._write() as conn:
+            chosen = next(
+                (r.id for r in await conn.execute(candidates) if _tags_match(r, agent)), None
+            )
+            if chosen is None:
+                return None
+            row = (
+                await conn.execute(
+                    update(tasks)
+                    .where(tasks.c.id == chosen, tasks.c.status == TaskStatus.QUEUED.value)
+                    .values(
+                        status=TaskStatus.ACTIVE.value,
+                        attempt=tasks.c.attempt + 1,
+                        lease_owner=agent.id,
+                        lease_expires=now + lease_seconds,
+                        claimed_at=now,
+                        updated_at=now,
+                        progress_percent=None,
+                        progress_eta=None,
+                        activity="",
+                        error=None,
+                        result=None,
+                    )
+                    .returning(tasks)
+                )
+            ).first()
+        return None if row is None else to_task(row)
+
+    def _current(self, task_id: int, agent_id: int, attempt: int) -> ColumnElement[bool]:
+        return and_(
+            tasks.c.id == task_id,
+            tasks.c.lease_owner == agent_id,
+            tasks.c.attempt == attempt,
+            tasks.c.status.in_(RUNNING),
+        )
+
+    async def _stale(self, conn: AsyncConnection, task_id: int, attempt: int) -> errors.Error:
+        task = await self._get(conn, task_id)
+        if task is None:
+            return errors.NotFound(f"no task {task_id}")
+        return errors.Conflict(
+            f"attempt {attempt} of task {task_id} is not current "
+            f"(the task is {task.status.value}, attempt {task.attempt})"
+        )
+
+    async def extend_lease(
+        self,
+        task_id: int,
+        agent_id: int,
+        attempt: int,
+        lease_until: float,
+        progress: Progress | None,
+        now: float,
+    ) -> Task:
+        values: dict[str, object] = {"lease_expires": lease_until, "updated_at": now}
+        if progress is not None:
+            values.update(
+                progress_percent=progress.percent,
+                progress_eta=progress.eta,
+                activity=progress.activity[:1000],
+            )
+        async with self._write() as conn:
+            row = (
+                await conn.execute(
+                    update(tasks)
+                    .where(self._current(task_id, agent_id, attempt))
+                    .values(values)
+                    .returning(tasks)
+                )
+            ).first()
+            if row is None:
+                raise await self._stale(conn, task_id, attempt)
+        return to_task(row)
+
+    async def finish_task(
+        self,
+        task_id: int,
+        agent_id: int,
+        attempt: int,
+        status: TaskStatus,
+        result: JSONValue,
+        error: str | None,
+        now: float,
+    ) -> tuple[Task, bool]:
+        values: dict[str, object] = {
+            "status": status.value,
+            "result": result,
+            "error": error,
+            "finished_at": now,
+            "updated_at": now,
+            "lease_expires": None,
+        }
+        if status is TaskStatus.COMPLETED:
+            values["progress_percent"] = 100.0
+        async with self._write() as conn:
+            row = (
+                await conn.execute(
+                    update(tasks)
+                    .where(self._current(task_id, agent_id, attempt))
+                    .values(values)
+                    .returning(tasks)
+                )
+            ).first()
+            if row is not None:
+                return to_task(row), True
+            task = await self._get(conn, task_id)
+            if (
+                task is not None
+                and task.lease_owner == agent_id
+                and task.attempt == attempt
+                and task.status is status
+            ):
+                return task, False
+            raise await self._stale(conn, task_id, attempt)
+
+    async def request_cancel(self, task_id: int, now: float) -> Task:
+        async with self._write() as conn:
+            task = await self._get(conn, task_id)
+            if task is None:
+                raise errors.NotFound(f"no task {task_id}")
+            if task.status.terminal:
+                raise errors.Conflict(f"task {task_id} is already {task.status.value}")
+            if task.status is TaskStatus.QUEUED:
+                values: dict[str, object] = {
+                    "status": TaskStatus.CANCELLED.value,
+                    "finished_at": now,
+                    "error": "cancelled before it ran",
+                }
+            else:
+                values = {"status": TaskStatus.CANCEL_REQUESTED.value}
+            row = (
+                await conn.execute(
+                    update(tasks)
+                    .where(tasks.c.id == task_id, tasks.c.status == task.status.value)
+                    .values(updated_at=now, **values)
+                    .returning(tasks)
+                )
+            ).one()
+        return to_task(row)
+
+    async def requeue_task(self, task_id: int, now: float, reset_attempts: bool) -> Task:
+        values: dict[str, object] = {
+            "status": TaskStatus.QUEUED.value,
+            "lease_owner": None,
+            "lease_expires": None,
+            "result": None,
+            "error": None,
+            "finished_at": None,
+            "updated_at": now,
+        }
+        if reset_attempts:
+            values["attempt"] = 0
+        async with self._write() as conn:
+            row = (
+                await conn.execute(
+                    update(tasks)
+                    .where(tasks.c.id == task_id, tasks.c.status.in_(TERMINAL))
+                    .values(values)
+                    .returning(tasks)
+                )
+            ).first()
+            if row is None:
+                task = await self._get(conn, task_id)
+                if task is None:
+                    raise errors.NotFound(f"no task {task_id}")
+                raise errors.Conflict(f"task {task_id} is {task.status.value}, not finished")
+        return to_task(row)
+
+    async def release_agent_tasks(self, agent_id: int, now: float) -> list[Task]:
+        owned = and_(tasks.c.lease_owner == agent_id)
+        async with self._write() as conn:
+            cancelled = await conn.execute(
+                update(tasks)
+                .where(owned, tasks.c.status == TaskStatus.CANCEL_REQUESTED.value)
+                .values(
+                    status=TaskStatus.CANCELLED.value,
+                    finished_at=now,
+                    updated_at=now,
+                    lease_expires=None,
+                    error="cancelled (the agent left)",
+                )
+                .returning(tasks)
+            )
+            released = [to_task(r) for r in cancelled]
+            requeued = await conn.execute(
+                update(tasks)
+                .where(owned, tasks.c.status == TaskStatus.ACTIVE.value)
+                .values(
+                    status=TaskStatus.QUEUED.value,
+                    lease_owner=None,
+                    lease_expires=None,
+                    updated_at=now,
+                )
+                .returning(tasks)
+            )
+            return released + [to_task(r) for r in requeued]
+
+    async def expire_leases(self, now: float) -> list[Task]:
+        timed_out = and_(
+            tasks.c.timeout_seconds.is_not(None),
+            tasks.c.claimed_at + tasks.c.timeout_seconds < now,
+        )
+        expired = tasks.c.lease_expires < now
+        query = (
+            select(tasks)
+            .where(tasks.c.status.in_(RUNNING), or_(expired, timed_out))
+            .limit(REAP_BATCH)
+        )
+        changed: list[Task] = []
+        async with self._write() as conn:
+            for row in list(await conn.execute(query)):
+                task = to_task(row)
+                values = self._after_expiry(task, now)
+                done = (
+                    await conn.execute(
+                        update(tasks)
+                        .where(
+                            tasks.c.id == task.id,
+                            tasks.c.attempt == task.attempt,
+                            tasks.c.status == task.status.value,
+                        )
+                        .values(updated_at=now, **values)
+                        .returning(tasks)
+                    )
+                ).first()
+                if done is not None:
+                    changed.append(to_task(done))
+        return changed
+
+    @staticmethod
+    def _after_expiry(task: Task, now: float) -> dict[str, object]:
+        finished = {"finished_at": now, "lease_expires": None}
+        if (
+            task.timeout_seconds is not None
+            and task.claimed_at is not None
+            and (task.claimed_at + task.timeout_seconds < now)
+        ):
+            return {
+                "status": TaskStatus.FAILED.value,
+                **finished,
+                "error": f"timed out after {task.timeout_seconds:g} s "
+                f"(attempt {task.attempt} of {task.max_attempts})",
+            }
+        if task.status is TaskStatus.CANCEL_REQUESTED:
+            return {
+                "status": TaskStatus.CANCELLED.value,
+                **finished,
+                "error": "cancelled (the agent stopped reporting)",
+            }
+        if task.attempt >= task.max_attempts:
+            return {
+                "status": TaskStatus.FAILED.value,
+                **finished,
+                "error": f"lease expired on attempt {task.attempt} of {task.max_attempts}: "
+                "the agent stopped reporting, and no attempts are left",
+            }
+        return {"status": TaskStatus.QUEUED.value, "lease_owner": None, "lease_expires": None}
+
+    async def append_log(self, task_id: int, attempt: int, time: float, text: str) -> None:
+        async with self._write() as conn:
+            await conn.execute(
+                insert(task_logs).values(task_id=task_id, attempt=attempt, time=time, text=text)
+            )
+
+    async def read_log(self, task_id: int, after_id: int, limit: int) -> list[LogChunk]:
+        query = (
+            select(task_logs)
+            .where(task_logs.c.task_id == task_id, task_logs.c.id > after_id)
+            .order_by(task_logs.c.id)
+            .limit(limit)
+        )
+        async with self._read() as conn:
+            return [
+                LogChunk(id=r.id, task_id=r.task_id, attempt=r.attempt, time=r.time, text=r.text)
+                for r in await conn.execute(query)
+            ]
+
+    async def add_output(self, task_id: int, time: float, data: JSONValue) -> Output:
+        async with self._write() as conn:
+            new_id = (
+                await conn.execute(
+                    insert(task_outputs)
+                    .values(task_id=task_id, time=time, data=data)
+                    .returning(task_outputs.c.id)
+                )
+            ).scalar_one()
+        return Output(id=new_id, task_id=task_id, time=time, data=data)
+
+    async def list_outputs(self, task_id: int) -> list[Output]:
+        query = (
+            select(task_outputs)
+            .where(task_outputs.c.task_id == task_id)
+            .order_by(task_outputs.c.id)
+        )
+        async with self._read() as conn:
+            return [
+                Output(id=r.id, task_id=r.task_id, time=r.time, data=r.data)
+                for r in await conn.execute(query)
+            ]
+
+    async def add_job(
+        self, name: str, type: str, priority: int, settings: JSONValue, now: float
+    ) -> Job:
+        async with self._write() as conn:
+            row = (
+                await conn.execute(
+                    insert(jobs)
+                    .values(
+                        name=name, type=type, priority=priority, settings=settings, created_at=now
+                    )
+                    .returning(jobs)
+                )
+            ).one()
+        return _to_job(row)
+
+    async def get_job(self, job_id: int) -> Job | None:
+        async with self._read() as conn:
+            row = (await conn.execute(select(jobs).where(jobs.c.id == job_id))).first()
+        return None if row is None else _to_job(row)
+
+    async def list_jobs(self, limit: int) -> list[Job]:
+        async with self._read() as conn:
+            rows = await conn.execute(select(jobs).order_by(jobs.c.id.desc()).limit(limit))
+            return [_to_job(r) for r in rows]
+
+
+def _to_job(row: Any) -> Job:
+    return Job(
+        id=row.id,
+        name=row.name,
+        type=row.type,
+        priority=row.priority,
+        settings=row.settings or {},
+        created_at=row.created_at,
+    )
