@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
@@ -72,6 +73,8 @@ def validation_detail(exc: RequestValidationError) -> str:
 
 def to_problem(exc: Exception) -> Response:
     """Maps an exception raised while handling a request; unknown ones become a logged 500."""
+    if isinstance(exc, HTTPException) and isinstance(exc.__cause__, errors.Error):
+        exc = exc.__cause__  # FastAPI wraps errors raised while reading the body
     if isinstance(exc, errors.Error):
         return problem(status_of(exc), exc.message)
     if isinstance(exc, RequestValidationError):
@@ -85,7 +88,7 @@ def to_problem(exc: Exception) -> Response:
 class ProblemRoute(APIRoute):
     """An APIRoute whose errors, request validation included, come out as problem+json."""
 
-    def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
 
         async def handle(request: Request) -> Response:

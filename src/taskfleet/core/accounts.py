@@ -75,12 +75,21 @@ class AccountService:
             await self._store.add_agent(name, account.id, self._clock.now())
         return account
 
+    async def ensure_admin(self, name: str = "admin") -> str | None:
+        """On a fresh database, creates the first admin with a random password and returns
+        that password (shown once); returns None when any admin already exists."""
+        if any(a.role is Role.ADMIN for a in await self._store.list_accounts()):
+            return None
+        password = secrets.token_urlsafe(18)
+        await self.add(name, Role.ADMIN, password)
+        return password
+
     async def remove(self, name: str) -> None:
         """Removes the account with its sessions and agent record. Raises `NotFound`."""
         await self._store.remove_account(name)
         self._verified.clear()
 
-    async def list(self) -> list[Account]:
+    async def all(self) -> list[Account]:
         return await self._store.list_accounts()
 
     async def authenticate(self, name: str, secret: str) -> Principal:

@@ -51,7 +51,7 @@ class AgentService:
             )
         return agent
 
-    async def list(self) -> list[Agent]:
+    async def all(self) -> list[Agent]:
         return await self._store.list_agents()
 
     async def hello(

@@ -150,7 +150,7 @@ class TaskService:
         agent = await self._store.get_agent(caller.name)
         return agent is not None and task.lease_owner == agent.id
 
-    async def list(self, query: TaskFilter) -> list[Task]:
+    async def find(self, query: TaskFilter) -> list[Task]:
         if not 0 < query.limit <= 1000:
             raise errors.Invalid("limit must be between 1 and 1000")
         return await self._store.list_tasks(query)
