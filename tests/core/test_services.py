@@ -1,0 +1,252 @@
+"""The engine's services against a real SQLite file, with a clock the tests move."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import argon2
+import pytest
+
+from taskfleet.bus.local import LocalBus
+from taskfleet.config import Settings
+from taskfleet.core import errors
+from taskfleet.core.accounts import AccountService
+from taskfleet.core.models import (
+    NewTask,
+    Progress,
+    RegistrationPolicy,
+    Role,
+    TargetKind,
+    TaskStatus,
+)
+from taskfleet.services import Services, wire
+from taskfleet.store.sql import open_store
+
+
+class ManualClock:
+    def __init__(self) -> None:
+        self.t = 1_000_000.0
+
+    def now(self) -> float:
+        return self.t
+
+
+@pytest.fixture
+async def engine(tmp_path: Path) -> AsyncIterator[Services]:
+    store = await open_store(str(tmp_path / "engine.db"))
+    found = wire(Settings(lease_seconds=30, poll_interval=0.05), store, LocalBus(), ManualClock())
+    # Cheap hashes keep the suite fast; production uses argon2's defaults.
+    cheap = argon2.PasswordHasher(time_cost=1, memory_cost=64, parallelism=1)
+    object.__setattr__(found, "accounts", AccountService(store, found.clock, hasher=cheap))
+    yield found
+    await store.close()
+
+
+async def agent_named(found: Services, name: str):
+    await found.accounts.add(name, Role.AGENT, "secret")
+    return await found.agents.get(name)
+
+
+def clock(found: Services) -> ManualClock:
+    assert isinstance(found.clock, ManualClock)
+    return found.clock
+
+
+async def test_higher_priority_first_then_fifo(engine: Services) -> None:
+    a = await agent_named(engine, "a")
+    low, high, high2 = await engine.tasks.submit(
+        [NewTask(type="t", priority=0), NewTask(type="t", priority=5), NewTask(type="t", priority=5)]
+    )
+    order = [(await engine.tasks.claim(a)).id for _ in range(3)]  # type: ignore[union-attr]
+    assert order == [high.id, high2.id, low.id]
+    assert await engine.tasks.claim(a) is None
+
+
+async def test_targets_reach_only_matching_agents(engine: Services) -> None:
+    a = await agent_named(engine, "a")
+    b = await agent_named(engine, "b")
+    await engine.agents.set_groups("b", ["render"])
+    await engine.agents.update("b", tags=["gpu", "linux"])
+    b = await engine.agents.get("b")
+    for_a, for_group, for_tags = await engine.tasks.submit([
+        NewTask(type="t", target_kind=TargetKind.AGENT, target="a"),
+        NewTask(type="t", target_kind=TargetKind.GROUP, target="render"),
+        NewTask(type="t", target_kind=TargetKind.TAGS, target="linux,gpu"),
+    ])
+    assert (await engine.tasks.claim(a)).id == for_a.id  # type: ignore[union-attr]
+    assert await engine.tasks.claim(a) is None
+    got = {(await engine.tasks.claim(b)).id for _ in range(2)}  # type: ignore[union-attr]
+    assert got == {for_group.id, for_tags.id}
+
+
+async def test_task_types_limit_what_an_agent_takes(engine: Services) -> None:
+    a = await agent_named(engine, "a")
+    a = await engine.agents.hello(a, task_types=["echo"])
+    await engine.tasks.submit([NewTask(type="render")])
+    assert await engine.tasks.claim(a) is None
+    echo, = await engine.tasks.submit([NewTask(type="echo")])
+    assert (await engine.tasks.claim(a)).id == echo.id  # type: ignore[union-attr]
+
+
+async def test_unknown_targets_are_refused(engine: Services) -> None:
+    with pytest.raises(errors.NotFound, match="no agent named 'ghost'"):
+        await engine.tasks.submit([NewTask(type="t", target_kind=TargetKind.AGENT, target="ghost")])
+    with pytest.raises(errors.Invalid):
+        await engine.tasks.submit([NewTask(type="")])
+
+
+async def test_broadcast_makes_one_task_per_member(engine: Services) -> None:
+    for name in ("a", "b", "c"):
+        await agent_named(engine, name)
+        await engine.agents.set_groups(name, ["all"])
+    created = await engine.tasks.broadcast("all", NewTask(type="t", payload=1))
+    assert sorted(t.target for t in created) == ["a", "b", "c"]
+    assert {t.target_kind for t in created} == {TargetKind.AGENT}
+
+
+async def test_claim_wait_wakes_when_work_arrives(engine: Services) -> None:
+    a = await agent_named(engine, "a")
+    engine.tasks.poll_interval = 30  # only a wake-up can make this return in time
+    waiting = asyncio.create_task(engine.tasks.claim_wait(a, timeout=60))
+    await asyncio.sleep(0)
+    task, = await engine.tasks.submit([NewTask(type="t", target_kind=TargetKind.AGENT, target="a")])
+    claimed = await asyncio.wait_for(waiting, 5)
+    assert claimed is not None and claimed.id == task.id
+
+
+async def test_wait_returns_when_the_result_is_recorded(engine: Services) -> None:
+    a = await agent_named(engine, "a")
+    engine.tasks.poll_interval = 30
+    task, = await engine.tasks.submit([NewTask(type="t")])
+    claimed = await engine.tasks.claim(a)
+    assert claimed is not None
+    waiting = asyncio.create_task(engine.tasks.wait(task.id, timeout=60))
+    await asyncio.sleep(0)
+    await engine.tasks.complete(a, task.id, claimed.attempt, {"ok": True})
+    done = await asyncio.wait_for(waiting, 5)
+    assert (done.status, done.result) == (TaskStatus.COMPLETED, {"ok": True})
+
+
+async def test_stale_attempts_are_refused_and_repeats_recorded_once(engine: Services) -> None:
+    a = await agent_named(engine, "a")
+    b = await agent_named(engine, "b")
+    task, = await engine.tasks.submit([NewTask(type="t", max_attempts=3)])
+    first = await engine.tasks.claim(a)
+    assert first is not None
+    clock(engine).t += 31
+    await engine.tasks.reap()
+    second = await engine.tasks.claim(b)
+    assert second is not None and second.attempt == 2
+    with pytest.raises(errors.Conflict, match="attempt 1"):
+        await engine.tasks.complete(a, task.id, 1, "late")
+    with pytest.raises(errors.Conflict):
+        await engine.tasks.heartbeat(a, task.id, 1)
+    done = await engine.tasks.complete(b, task.id, 2, "right")
+    again = await engine.tasks.complete(b, task.id, 2, "right")
+    assert done == again and again.result == "right"
+    with pytest.raises(errors.Conflict):
+        await engine.tasks.fail(b, task.id, 2, "changed my mind")
+
+
+async def test_heartbeats_keep_the_lease_and_record_progress(engine: Services) -> None:
+    a = await agent_named(engine, "a")
+    task, = await engine.tasks.submit([NewTask(type="t")])
+    await engine.tasks.claim(a)
+    clock(engine).t += 20
+    beat = await engine.tasks.heartbeat(a, task.id, 1, Progress(percent=40, activity="half"))
+    clock(engine).t += 20
+    assert await engine.tasks.reap() == []
+    assert beat.progress.percent == 40 and beat.progress.activity == "half"
+
+
+async def test_attempts_run_out_with_a_clear_error(engine: Services) -> None:
+    a = await agent_named(engine, "a")
+    task, = await engine.tasks.submit([NewTask(type="t", max_attempts=2)])
+    for _ in range(2):
+        assert await engine.tasks.claim(a) is not None
+        clock(engine).t += 31
+        await engine.tasks.reap()
+    failed = await engine.tasks.get(task.id)
+    assert failed.status is TaskStatus.FAILED
+    assert failed.error is not None and "attempt 2 of 2" in failed.error
+
+
+async def test_timeout_fails_the_task(engine: Services) -> None:
+    a = await agent_named(engine, "a")
+    task, = await engine.tasks.submit([NewTask(type="t", timeout_seconds=5)])
+    await engine.tasks.claim(a)
+    clock(engine).t += 6
+    await engine.tasks.reap()
+    timed_out = await engine.tasks.get(task.id)
+    assert timed_out.status is TaskStatus.FAILED and "timed out after 5 s" in (timed_out.error or "")
+
+
+async def test_cancel_is_requested_then_confirmed(engine: Services) -> None:
+    a = await agent_named(engine, "a")
+    queued, running = await engine.tasks.submit([NewTask(type="t"), NewTask(type="t", priority=9)])
+    assert (await engine.tasks.cancel(queued.id)).status is TaskStatus.CANCELLED
+    await engine.tasks.claim(a)
+    assert (await engine.tasks.cancel(running.id)).status is TaskStatus.CANCEL_REQUESTED
+    beat = await engine.tasks.heartbeat(a, running.id, 1)
+    assert beat.status is TaskStatus.CANCEL_REQUESTED
+    assert (await engine.tasks.confirm_cancel(a, running.id, 1)).status is TaskStatus.CANCELLED
+    with pytest.raises(errors.Conflict, match="already cancelled"):
+        await engine.tasks.cancel(running.id)
+
+
+async def test_sign_off_requeues_without_failing(engine: Services) -> None:
+    a = await agent_named(engine, "a")
+    task, = await engine.tasks.submit([NewTask(type="t", max_attempts=1)])
+    await engine.tasks.claim(a)
+    released = await engine.tasks.sign_off(a)
+    assert [t.status for t in released] == [TaskStatus.QUEUED]
+    again = await engine.tasks.claim(a)
+    assert again is not None and again.id == task.id
+
+
+async def test_logs_and_outputs_only_from_the_current_attempt(engine: Services) -> None:
+    a = await agent_named(engine, "a")
+    b = await agent_named(engine, "b")
+    task, = await engine.tasks.submit([NewTask(type="t")])
+    await engine.tasks.claim(a)
+    await engine.tasks.log(a, task.id, 1, "line one\n")
+    await engine.tasks.add_output(a, task.id, 1, {"path": "/out.png"})
+    with pytest.raises(errors.Conflict):
+        await engine.tasks.log(b, task.id, 1, "not mine")
+    assert [c.text for c in await engine.tasks.read_log(task.id)] == ["line one\n"]
+    assert [o.data for o in await engine.tasks.outputs(task.id)] == [{"path": "/out.png"}]
+
+
+async def test_events_are_bounded_per_agent(engine: Services) -> None:
+    a = await agent_named(engine, "a")
+    engine.agents.event_bound = 3
+    for i in range(5):
+        await engine.agents.post_event(a, {"n": i})
+    assert [e.data["n"] for e in await engine.agents.list_events("a")] == [2, 3, 4]
+
+
+async def test_accounts_sessions_and_first_admin(engine: Services) -> None:
+    password = await engine.accounts.ensure_admin()
+    assert password and await engine.accounts.ensure_admin() is None
+    token = await engine.accounts.login("admin", password)
+    assert (await engine.accounts.resolve_token(token)).role is Role.ADMIN
+    await engine.accounts.logout(token)
+    with pytest.raises(errors.Unauthorized):
+        await engine.accounts.resolve_token(token)
+    with pytest.raises(errors.Unauthorized):
+        await engine.accounts.authenticate("admin", "wrong")
+    with pytest.raises(errors.Conflict):
+        await engine.accounts.add("admin", Role.AGENT, "x")
+
+
+async def test_registration_follows_the_policy(engine: Services) -> None:
+    with pytest.raises(errors.Forbidden, match="disabled"):
+        await engine.accounts.register_agent("new", "pw")
+    await engine.accounts.set_registration_policy(RegistrationPolicy.APPROVAL)
+    await engine.accounts.register_agent("new", "pw")
+    pending = await engine.agents.get("new")
+    assert not pending.enabled
+    await engine.tasks.submit([NewTask(type="t")])
+    assert await engine.tasks.claim(pending) is None
