@@ -16,6 +16,7 @@ from taskfleet.api import problems, v1
 from taskfleet.api.limits import BodyLimit
 from taskfleet.bus.local import LocalBus
 from taskfleet.config import Settings
+from taskfleet.dialects import dut
 from taskfleet.services import Services, wire
 from taskfleet.store.sql import open_store
 
@@ -65,6 +66,8 @@ def build(settings: Settings) -> FastAPI:
     )
     app.state.settings = settings
     app.include_router(v1.router)
+    for prefix in dut.PREFIXES:
+        app.include_router(dut.router, prefix=prefix)
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics(request: Request) -> Response:

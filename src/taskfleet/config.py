@@ -30,6 +30,14 @@ class Settings:
     max_body_bytes: int = 4 * 1024 * 1024
     long_poll_seconds: float = 25.0
     log_level: str = "info"
+    # -- the dutserver dialect --
+    dut_poll_seconds: float = 26.0  #: GET /tasks long-poll, as the original
+    dut_result_wait_seconds: float = 26.0  #: POST /tasks waits this long for the result
+    dut_lease_seconds: float = 300.0  #: dut agents never heartbeat: redeliver after this
+    # -- the CLI's admin commands (HTTP client side) --
+    server_url: str = ""  #: e.g. http://127.0.0.1:8080; empty: the logged-in server, or that
+    token: str = ""  #: a session token or API key; empty: the one stored by `taskfleet login`
+    home: str = "~/.config/taskfleet"  #: where `taskfleet login` keeps credentials.json
 
 
 def _cast(name: str, value: Any, default: Any) -> Any:

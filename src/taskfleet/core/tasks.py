@@ -170,11 +170,15 @@ class TaskService:
 
     # -- the agent's side ---------------------------------------------------------------
 
-    async def claim(self, agent: Agent) -> Task | None:
-        """Leases the best task this agent may run now, or returns None."""
+    async def claim(self, agent: Agent, lease_seconds: float | None = None) -> Task | None:
+        """Leases the best task this agent may run now, or returns None.
+
+        `lease_seconds` overrides the default lease, for agents that never heartbeat.
+        """
         if not agent.enabled:
             return None
-        task = await self._store.claim_task(agent, self._clock.now(), self.lease_seconds)
+        lease = self.lease_seconds if lease_seconds is None else lease_seconds
+        task = await self._store.claim_task(agent, self._clock.now(), lease)
         if task is not None:
             log.debug("claimed", extra={"action": "claim_task", "task": task.id})
             if self._on_claim is not None:
@@ -182,12 +186,14 @@ class TaskService:
             await self._bus.notify([task_channel(task.id)])
         return task
 
-    async def claim_wait(self, agent: Agent, timeout: float) -> Task | None:
+    async def claim_wait(
+        self, agent: Agent, timeout: float, lease_seconds: float | None = None
+    ) -> Task | None:
         """Like `claim`, but waits up to `timeout` seconds for work (long-poll)."""
         deadline = self._clock.now() + max(0.0, timeout)
         channels = [QUEUE_CHANNEL, agent_channel(agent.name)]
         while True:
-            task = await self.claim(agent)
+            task = await self.claim(agent, lease_seconds)
             remaining = deadline - self._clock.now()
             if task is not None or remaining <= 0:
                 return task
@@ -247,6 +253,16 @@ class TaskService:
         _json_size(data, "an output", MAX_PAYLOAD_BYTES)
         await self._current_attempt(agent, task_id, attempt)
         return await self._store.add_output(task_id, self._clock.now(), data)
+
+    async def attempt_of(self, agent: Agent, task_id: int) -> int:
+        """The attempt this agent holds (or last held) on the task, for protocols whose
+        reports carry no attempt number. Raises `NotFound` or `Conflict`."""
+        task = await self._store.get_task(task_id)
+        if task is None:
+            raise errors.NotFound(f"no task {task_id}")
+        if task.lease_owner != agent.id:
+            raise errors.Conflict(f"task {task_id} is not leased to {agent.name}")
+        return task.attempt
 
     async def _current_attempt(self, agent: Agent, task_id: int, attempt: int) -> Task:
         task = await self._store.get_task(task_id)
