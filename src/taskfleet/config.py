@@ -24,11 +24,17 @@ class Settings:
     sqlite_synchronous: str = "NORMAL"
     api_keys: tuple[str, ...] = ()  #: admin API keys, accepted as `Authorization: Bearer …`
     lease_seconds: float = 60.0
-    poll_interval: float = 1.0  #: seconds; the longest a lost wake-up can delay a task
+    poll_interval: float = 5.0  #: seconds; the longest a lost wake-up can delay a task
     reap_interval: float = 1.0  #: seconds between lease-expiry sweeps
     event_bound: int = 512
     max_body_bytes: int = 4 * 1024 * 1024
     long_poll_seconds: float = 25.0
+    agent_grace_seconds: float = 30.0  #: a lost agent's tasks are requeued after this
+    agent_ping_interval: float = 20.0  #: seconds between pings on an agent websocket
+    agent_idle_timeout: float = 60.0  #: seconds of silence before an agent socket is closed
+    #: The largest agent websocket message: room for a 1 MiB payload or result and its envelope.
+    agent_max_message_bytes: int = 2 * 1024 * 1024
+    agent_secret: str = ""  #: the agent's secret (`taskfleet agent run`), if no file is given
     log_level: str = "info"
     # -- the dutserver dialect --
     dut_poll_seconds: float = 26.0  #: GET /tasks long-poll, as the original

@@ -6,17 +6,16 @@ from collections.abc import Sequence
 from enum import Enum
 
 from sqlalchemy import delete, func, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from taskfleet.core import errors
 from taskfleet.core.models import Agent, AgentStatus, Event, Group, JSONValue
-from taskfleet.store.base import Base, to_agent
+from taskfleet.store.base import Base, Conn, to_agent
 from taskfleet.store.tables import agent_groups, agents, events, groups
 
 AGENT_FIELDS = frozenset(c.name for c in agents.columns) - {"id", "name", "created_at"}
 
 
-async def _groups_of(conn: AsyncConnection, agent_ids: Sequence[int]) -> dict[int, list[str]]:
+async def _groups_of(conn: Conn, agent_ids: Sequence[int]) -> dict[int, list[str]]:
     query = (
         select(agent_groups.c.agent_id, groups.c.name)
         .join(groups, groups.c.id == agent_groups.c.group_id)
@@ -49,7 +48,7 @@ class AgentQueries(Base):
             ).one()
         return to_agent(row)
 
-    async def _one_agent(self, conn: AsyncConnection, where: object) -> Agent | None:
+    async def _one_agent(self, conn: Conn, where: object) -> Agent | None:
         row = (await conn.execute(select(agents).where(where))).first()  # type: ignore[arg-type]
         if row is None:
             return None
@@ -93,6 +92,10 @@ class AgentQueries(Base):
 
     async def set_agent_groups(self, agent_id: int, names: Sequence[str], now: float) -> Agent:
         async with self._write() as conn:
+            if (
+                await conn.execute(select(agents.c.id).where(agents.c.id == agent_id))
+            ).first() is None:
+                raise errors.NotFound(f"no agent with id {agent_id}")
             existing = {
                 r.name: r.id
                 for r in await conn.execute(select(groups).where(groups.c.name.in_(names)))

@@ -7,7 +7,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import event, text
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -17,23 +17,20 @@ BUSY_TIMEOUT_MS = 10_000
 MIGRATION_LOCK_ID = 7_413_551
 
 
-def async_url(url: str) -> str:
-    """Accepts a file path, `sqlite:///…` or `postgresql://…` and names the async driver."""
+def engine_url(url: str) -> str:
+    """Accepts a file path, `sqlite:///…` or `postgresql://…`; names the driver we use:
+    SQLite's own (on the event loop thread, see store/base.py) and asyncpg."""
     if "://" not in url:
-        return f"sqlite+aiosqlite:///{Path(url).expanduser().absolute()}"
+        return f"sqlite:///{Path(url).expanduser().absolute()}"
     parsed = make_url(url)
-    if parsed.drivername in ("sqlite", "sqlite+pysqlite"):
-        parsed = parsed.set(drivername="sqlite+aiosqlite")
+    if parsed.drivername in ("sqlite", "sqlite+pysqlite", "sqlite+aiosqlite"):
+        parsed = parsed.set(drivername="sqlite")
     elif parsed.drivername in ("postgresql", "postgres", "postgresql+psycopg2"):
         parsed = parsed.set(drivername="postgresql+asyncpg")
     return parsed.render_as_string(hide_password=False)
 
 
-def is_sqlite(engine: AsyncEngine) -> bool:
-    return engine.dialect.name == "sqlite"
-
-
-def open_engine(url: str, synchronous: str = "NORMAL") -> AsyncEngine:
+def open_engine(url: str, synchronous: str = "NORMAL") -> Engine | AsyncEngine:
     """Creates the engine. On SQLite: WAL, a busy timeout, and write transactions that start
     with BEGIN IMMEDIATE so that concurrent writers (other processes too) queue up instead
     of failing with "database is locked" half-way through a claim.
@@ -42,17 +39,19 @@ def open_engine(url: str, synchronous: str = "NORMAL") -> AsyncEngine:
     committed transaction; only a power loss or OS crash may lose the last commits. Use
     FULL where that matters more than speed.
     """
-    engine = create_async_engine(async_url(url), pool_pre_ping=False)
-    if is_sqlite(engine):
-        _configure_sqlite(engine, synchronous.upper())
+    full_url = engine_url(url)
+    if not full_url.startswith("sqlite"):
+        return create_async_engine(full_url)
+    engine = create_engine(full_url)
+    _configure_sqlite(engine, synchronous.upper())
     return engine
 
 
-def _configure_sqlite(engine: AsyncEngine, synchronous: str) -> None:
+def _configure_sqlite(engine: Engine, synchronous: str) -> None:
     if synchronous not in ("OFF", "NORMAL", "FULL", "EXTRA"):
         raise ValueError(f"unknown SQLite synchronous setting {synchronous!r}")
 
-    @event.listens_for(engine.sync_engine, "connect")
+    @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         # Take transaction control from the driver so that BEGIN is ours to emit.
         dbapi_connection.isolation_level = None
@@ -63,7 +62,7 @@ def _configure_sqlite(engine: AsyncEngine, synchronous: str) -> None:
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 
-    @event.listens_for(engine.sync_engine, "begin")
+    @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
         mode = conn.get_execution_options().get("sqlite_begin", "IMMEDIATE")
         conn.exec_driver_sql(f"BEGIN {mode}")
@@ -82,7 +81,11 @@ def _upgrade(connection: Connection) -> None:
     command.upgrade(_alembic_config(connection), "head")
 
 
-async def migrate(engine: AsyncEngine) -> None:
+async def migrate(engine: Engine | AsyncEngine) -> None:
     """Applies every pending Alembic migration (`alembic upgrade head`)."""
-    async with engine.begin() as conn:
-        await conn.run_sync(_upgrade)
+    if isinstance(engine, AsyncEngine):
+        async with engine.begin() as conn:
+            await conn.run_sync(_upgrade)
+    else:
+        with engine.begin() as sync_conn:
+            _upgrade(sync_conn)

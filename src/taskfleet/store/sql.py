@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from sqlalchemy.ext.asyncio import AsyncEngine
-
 from taskfleet.store.accounts import AccountQueries
 from taskfleet.store.agents import AgentQueries
 from taskfleet.store.engine import migrate, open_engine
@@ -16,6 +14,6 @@ class SqlStore(AccountQueries, AgentQueries, TaskQueries):
 
 async def open_store(url: str, synchronous: str = "NORMAL") -> SqlStore:
     """Opens the database at `url` and brings its schema up to date."""
-    engine: AsyncEngine = open_engine(url, synchronous)
+    engine = open_engine(url, synchronous)
     await migrate(engine)
     return SqlStore(engine)

@@ -9,8 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, func, insert, or_, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import ColumnElement, Select, and_, func, insert, literal, or_, select, update
 
 from taskfleet.core import errors
 from taskfleet.core.models import (
@@ -26,18 +25,27 @@ from taskfleet.core.models import (
     TaskFilter,
     TaskStatus,
 )
-from taskfleet.store.base import Base, to_task
+from taskfleet.store.base import Base, Conn, to_task
 from taskfleet.store.tables import jobs, task_logs, task_outputs, tasks
 
 RUNNING = (TaskStatus.ACTIVE.value, TaskStatus.CANCEL_REQUESTED.value)
 TERMINAL = (TaskStatus.COMPLETED.value, TaskStatus.FAILED.value, TaskStatus.CANCELLED.value)
-#: Queued tasks the claim looks at per round; tag targets are matched in Python.
-CLAIM_WINDOW = 32
 REAP_BATCH = 500
 
 
+def _tags_subset(agent_tags: Sequence[str]) -> ColumnElement[bool]:
+    """SQL for "every tag in the task's comma-joined target is one of the agent's tags":
+    removing each of the agent's tags from ",t1,t2," leaves ",". Done in SQL so that
+    the claim can lock exactly the one row it takes, and tasks nobody can run never
+    hide the ones further down the queue."""
+    rest: ColumnElement[str] = literal(",") + tasks.c.target + literal(",")
+    for tag in sorted(set(agent_tags)):
+        rest = func.replace(rest, f",{tag},", ",")
+    return rest == ","
+
+
 def _eligible(agent: Agent) -> ColumnElement[bool]:
-    """SQL for "this agent may run this queued task" (tag subsets are checked after)."""
+    """SQL for "this agent may run this queued task"."""
     targets = [
         and_(tasks.c.target_kind == TargetKind.AGENT.value, tasks.c.target == agent.name),
         tasks.c.target_kind == TargetKind.ANY.value,
@@ -47,17 +55,11 @@ def _eligible(agent: Agent) -> ColumnElement[bool]:
             and_(tasks.c.target_kind == TargetKind.GROUP.value, tasks.c.target.in_(agent.groups))
         )
     if agent.tags:
-        targets.append(tasks.c.target_kind == TargetKind.TAGS.value)
+        targets.append(and_(tasks.c.target_kind == TargetKind.TAGS.value, _tags_subset(agent.tags)))
     condition = and_(tasks.c.status == TaskStatus.QUEUED.value, or_(*targets))
     if agent.task_types:
         condition = and_(condition, tasks.c.type.in_(agent.task_types))
     return condition
-
-
-def _tags_match(row: Any, agent: Agent) -> bool:
-    if row.target_kind != TargetKind.TAGS.value:
-        return True
-    return set(filter(None, row.target.split(","))) <= set(agent.tags)
 
 
 def _filtered(query: TaskFilter) -> Select[Any]:
@@ -106,7 +108,7 @@ class TaskQueries(Base):
             return await self._get(conn, task_id)
 
     @staticmethod
-    async def _get(conn: AsyncConnection, task_id: int) -> Task | None:
+    async def _get(conn: Conn, task_id: int) -> Task | None:
         row = (await conn.execute(select(tasks).where(tasks.c.id == task_id))).first()
         return None if row is None else to_task(row)
 
@@ -115,23 +117,27 @@ class TaskQueries(Base):
             return [to_task(r) for r in await conn.execute(_filtered(query))]
 
     async def count_tasks_by_status(self) -> dict[TaskStatus, int]:
-        query = select(tasks.c.status, func.count()).group_by(tasks.c.status)
+        query = select(tasks.c.status, func.count().label("n")).group_by(tasks.c.status)
         async with self._read() as conn:
-            return {TaskStatus(s): int(n) for s, n in await conn.execute(query)}
+            return {TaskStatus(r.status): int(r.n) for r in await conn.execute(query)}
 
     async def claim_task(self, agent: Agent, now: float, lease_seconds: float) -> Task | None:
-        candidates = (
-            select(tasks.c.id, tasks.c.target_kind, tasks.c.target)
+        best = (
+            select(tasks.c.id)
             .where(_eligible(agent))
             .order_by(tasks.c.priority.desc(), tasks.c.id)
-            .limit(CLAIM_WINDOW)
+            .limit(1)
         )
+        # Most claims find nothing (idle agents polling): answer those with a read, which
+        # takes no write lock, and open the write transaction only when there is work.
+        async with self._read() as conn:
+            if (await conn.execute(best)).first() is None:
+                return None
         if not self.sqlite:
-            candidates = candidates.with_for_update(skip_locked=True)
+            # Lock only the row we take: concurrent claimers skip it and take the next.
+            best = best.with_for_update(skip_locked=True)
         async with self._write() as conn:
-            chosen = next(
-                (r.id for r in await conn.execute(candidates) if _tags_match(r, agent)), None
-            )
+            chosen = (await conn.execute(best)).scalar()
             if chosen is None:
                 return None
             row = (
@@ -164,7 +170,7 @@ class TaskQueries(Base):
             tasks.c.status.in_(RUNNING),
         )
 
-    async def _stale(self, conn: AsyncConnection, task_id: int, attempt: int) -> errors.Error:
+    async def _stale(self, conn: Conn, task_id: int, attempt: int) -> errors.Error:
         task = await self._get(conn, task_id)
         if task is None:
             return errors.NotFound(f"no task {task_id}")
@@ -244,8 +250,13 @@ class TaskQueries(Base):
             raise await self._stale(conn, task_id, attempt)
 
     async def request_cancel(self, task_id: int, now: float) -> Task:
+        current = select(tasks).where(tasks.c.id == task_id)
+        if not self.sqlite:
+            # Hold the row, so that a claim or finish cannot slip in before the update.
+            current = current.with_for_update()
         async with self._write() as conn:
-            task = await self._get(conn, task_id)
+            found = (await conn.execute(current)).first()
+            task = None if found is None else to_task(found)
             if task is None:
                 raise errors.NotFound(f"no task {task_id}")
             if task.status.terminal:
