@@ -57,7 +57,11 @@ def clock(found: Services) -> ManualClock:
 async def test_higher_priority_first_then_fifo(engine: Services) -> None:
     a = await agent_named(engine, "a")
     low, high, high2 = await engine.tasks.submit(
-        [NewTask(type="t", priority=0), NewTask(type="t", priority=5), NewTask(type="t", priority=5)]
+        [
+            NewTask(type="t", priority=0),
+            NewTask(type="t", priority=5),
+            NewTask(type="t", priority=5),
+        ]
     )
     order = [(await engine.tasks.claim(a)).id for _ in range(3)]  # type: ignore[union-attr]
     assert order == [high.id, high2.id, low.id]
@@ -70,11 +74,13 @@ async def test_targets_reach_only_matching_agents(engine: Services) -> None:
     await engine.agents.set_groups("b", ["render"])
     await engine.agents.update("b", tags=["gpu", "linux"])
     b = await engine.agents.get("b")
-    for_a, for_group, for_tags = await engine.tasks.submit([
-        NewTask(type="t", target_kind=TargetKind.AGENT, target="a"),
-        NewTask(type="t", target_kind=TargetKind.GROUP, target="render"),
-        NewTask(type="t", target_kind=TargetKind.TAGS, target="linux,gpu"),
-    ])
+    for_a, for_group, for_tags = await engine.tasks.submit(
+        [
+            NewTask(type="t", target_kind=TargetKind.AGENT, target="a"),
+            NewTask(type="t", target_kind=TargetKind.GROUP, target="render"),
+            NewTask(type="t", target_kind=TargetKind.TAGS, target="linux,gpu"),
+        ]
+    )
     assert (await engine.tasks.claim(a)).id == for_a.id  # type: ignore[union-attr]
     assert await engine.tasks.claim(a) is None
     got = {(await engine.tasks.claim(b)).id for _ in range(2)}  # type: ignore[union-attr]
@@ -86,7 +92,7 @@ async def test_task_types_limit_what_an_agent_takes(engine: Services) -> None:
     a = await engine.agents.hello(a, task_types=["echo"])
     await engine.tasks.submit([NewTask(type="render")])
     assert await engine.tasks.claim(a) is None
-    echo, = await engine.tasks.submit([NewTask(type="echo")])
+    (echo,) = await engine.tasks.submit([NewTask(type="echo")])
     assert (await engine.tasks.claim(a)).id == echo.id  # type: ignore[union-attr]
 
 
@@ -111,7 +117,9 @@ async def test_claim_wait_wakes_when_work_arrives(engine: Services) -> None:
     engine.tasks.poll_interval = 30  # only a wake-up can make this return in time
     waiting = asyncio.create_task(engine.tasks.claim_wait(a, timeout=60))
     await asyncio.sleep(0)
-    task, = await engine.tasks.submit([NewTask(type="t", target_kind=TargetKind.AGENT, target="a")])
+    (task,) = await engine.tasks.submit(
+        [NewTask(type="t", target_kind=TargetKind.AGENT, target="a")]
+    )
     claimed = await asyncio.wait_for(waiting, 5)
     assert claimed is not None and claimed.id == task.id
 
@@ -119,7 +127,7 @@ async def test_claim_wait_wakes_when_work_arrives(engine: Services) -> None:
 async def test_wait_returns_when_the_result_is_recorded(engine: Services) -> None:
     a = await agent_named(engine, "a")
     engine.tasks.poll_interval = 30
-    task, = await engine.tasks.submit([NewTask(type="t")])
+    (task,) = await engine.tasks.submit([NewTask(type="t")])
     claimed = await engine.tasks.claim(a)
     assert claimed is not None
     waiting = asyncio.create_task(engine.tasks.wait(task.id, timeout=60))
@@ -132,7 +140,7 @@ async def test_wait_returns_when_the_result_is_recorded(engine: Services) -> Non
 async def test_stale_attempts_are_refused_and_repeats_recorded_once(engine: Services) -> None:
     a = await agent_named(engine, "a")
     b = await agent_named(engine, "b")
-    task, = await engine.tasks.submit([NewTask(type="t", max_attempts=3)])
+    (task,) = await engine.tasks.submit([NewTask(type="t", max_attempts=3)])
     first = await engine.tasks.claim(a)
     assert first is not None
     clock(engine).t += 31
@@ -152,7 +160,7 @@ async def test_stale_attempts_are_refused_and_repeats_recorded_once(engine: Serv
 
 async def test_heartbeats_keep_the_lease_and_record_progress(engine: Services) -> None:
     a = await agent_named(engine, "a")
-    task, = await engine.tasks.submit([NewTask(type="t")])
+    (task,) = await engine.tasks.submit([NewTask(type="t")])
     await engine.tasks.claim(a)
     clock(engine).t += 20
     beat = await engine.tasks.heartbeat(a, task.id, 1, Progress(percent=40, activity="half"))
@@ -163,7 +171,7 @@ async def test_heartbeats_keep_the_lease_and_record_progress(engine: Services) -
 
 async def test_attempts_run_out_with_a_clear_error(engine: Services) -> None:
     a = await agent_named(engine, "a")
-    task, = await engine.tasks.submit([NewTask(type="t", max_attempts=2)])
+    (task,) = await engine.tasks.submit([NewTask(type="t", max_attempts=2)])
     for _ in range(2):
         assert await engine.tasks.claim(a) is not None
         clock(engine).t += 31
@@ -175,12 +183,14 @@ async def test_attempts_run_out_with_a_clear_error(engine: Services) -> None:
 
 async def test_timeout_fails_the_task(engine: Services) -> None:
     a = await agent_named(engine, "a")
-    task, = await engine.tasks.submit([NewTask(type="t", timeout_seconds=5)])
+    (task,) = await engine.tasks.submit([NewTask(type="t", timeout_seconds=5)])
     await engine.tasks.claim(a)
     clock(engine).t += 6
     await engine.tasks.reap()
     timed_out = await engine.tasks.get(task.id)
-    assert timed_out.status is TaskStatus.FAILED and "timed out after 5 s" in (timed_out.error or "")
+    assert timed_out.status is TaskStatus.FAILED and "timed out after 5 s" in (
+        timed_out.error or ""
+    )
 
 
 async def test_cancel_is_requested_then_confirmed(engine: Services) -> None:
@@ -196,20 +206,35 @@ async def test_cancel_is_requested_then_confirmed(engine: Services) -> None:
         await engine.tasks.cancel(running.id)
 
 
-async def test_sign_off_requeues_without_failing(engine: Services) -> None:
+async def test_sign_off_requeues_while_attempts_remain(engine: Services) -> None:
     a = await agent_named(engine, "a")
-    task, = await engine.tasks.submit([NewTask(type="t", max_attempts=1)])
+    (task,) = await engine.tasks.submit([NewTask(type="t", max_attempts=2)])
     await engine.tasks.claim(a)
     released = await engine.tasks.sign_off(a)
     assert [t.status for t in released] == [TaskStatus.QUEUED]
     again = await engine.tasks.claim(a)
-    assert again is not None and again.id == task.id
+    assert again is not None and (again.id, again.attempt) == (task.id, 2)
+    (last,) = await engine.tasks.sign_off(a)
+    assert last.status is TaskStatus.FAILED
+
+
+async def test_requeue_grants_more_attempts_without_reusing_numbers(engine: Services) -> None:
+    a = await agent_named(engine, "a")
+    (task,) = await engine.tasks.submit([NewTask(type="t", max_attempts=1)])
+    await engine.tasks.claim(a)
+    await engine.tasks.fail(a, task.id, 1, "boom")
+    requeued = await engine.tasks.requeue(task.id, attempts=2)
+    assert (requeued.status, requeued.attempt, requeued.max_attempts) == (TaskStatus.QUEUED, 1, 3)
+    with pytest.raises(errors.Conflict):
+        await engine.tasks.fail(a, task.id, 1, "a late report from the first run")
+    again = await engine.tasks.claim(a)
+    assert again is not None and again.attempt == 2
 
 
 async def test_logs_and_outputs_only_from_the_current_attempt(engine: Services) -> None:
     a = await agent_named(engine, "a")
     b = await agent_named(engine, "b")
-    task, = await engine.tasks.submit([NewTask(type="t")])
+    (task,) = await engine.tasks.submit([NewTask(type="t")])
     await engine.tasks.claim(a)
     await engine.tasks.log(a, task.id, 1, "line one\n")
     await engine.tasks.add_output(a, task.id, 1, {"path": "/out.png"})

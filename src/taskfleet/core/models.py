@@ -151,8 +151,8 @@ class Task:
     target: str = ""
     priority: int = 0
     status: TaskStatus = TaskStatus.QUEUED
-    attempt: int = 0
-    max_attempts: int = 3
+    attempt: int = 0  #: counts claims; never repeats, so stale reports stay stale
+    max_attempts: int = 3  #: the last attempt number allowed (a requeue raises it)
     lease_owner: int | None = None  #: agent id holding the current attempt
     lease_expires: float | None = None
     timeout_seconds: float | None = None

@@ -156,10 +156,13 @@ class TaskStore(Protocol):
 
     async def request_cancel(self, task_id: int, now: float) -> Task: ...
 
-    async def requeue_task(self, task_id: int, now: float, reset_attempts: bool) -> Task: ...
+    async def requeue_task(self, task_id: int, now: float, extra_attempts: int) -> Task:
+        """Puts a finished task back in the queue, allowing `extra_attempts` more attempts.
+        Raises `Conflict` for a task that has not finished."""
 
     async def release_agent_tasks(self, agent_id: int, now: float) -> list[Task]:
-        """Puts the agent's active tasks back in the queue (sign-off, lost connection)."""
+        """Puts the agent's active tasks back in the queue (sign-off, lost connection); a
+        task on its last allowed attempt fails instead, and cancel requests are confirmed."""
 
     async def expire_leases(self, now: float) -> list[Task]:
         """Requeues tasks whose lease expired, fails those out of attempts or past their

@@ -279,7 +279,8 @@ class TaskService:
         return await self._store.list_outputs(task_id)
 
     async def sign_off(self, agent: Agent) -> list[Task]:
-        """The agent leaves: its active tasks go back to the queue without using up attempts."""
+        """The agent leaves: its active tasks go back to the queue (the attempt it had counts,
+        so a task on its last allowed attempt fails), and cancel requests are confirmed."""
         released = await self._store.release_agent_tasks(agent.id, self._clock.now())
         await self._bus.notify(self._wake_channels(released))
         return released
@@ -298,9 +299,13 @@ class TaskService:
         await self._bus.notify(channels)
         return task
 
-    async def requeue(self, task_id: int, reset_attempts: bool = True) -> Task:
-        """Puts a finished task back in the queue (an operator's retry)."""
-        task = await self._store.requeue_task(task_id, self._clock.now(), reset_attempts)
+    async def requeue(self, task_id: int, attempts: int = 3) -> Task:
+        """Puts a finished task back in the queue with `attempts` more attempts (an
+        operator's retry). Attempt numbers keep counting up, so a late report from the
+        earlier run stays stale."""
+        if not 1 <= attempts <= 100:
+            raise errors.Invalid("attempts must be between 1 and 100")
+        task = await self._store.requeue_task(task_id, self._clock.now(), attempts)
         await self._bus.notify(self._wake_channels([task]) | {task_channel(task_id)})
         return task
 

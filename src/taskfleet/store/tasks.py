@@ -279,8 +279,11 @@ class TaskQueries(Base):
             ).one()
         return to_task(row)
 
-    async def requeue_task(self, task_id: int, now: float, reset_attempts: bool) -> Task:
+    async def requeue_task(self, task_id: int, now: float, extra_attempts: int) -> Task:
+        # Attempt numbers never repeat (a late report from an earlier run must stay stale),
+        # so a requeue raises the limit instead of resetting the counter.
         values: dict[str, object] = {
+            "max_attempts": tasks.c.attempt + extra_attempts,
             "status": TaskStatus.QUEUED.value,
             "lease_owner": None,
             "lease_expires": None,
@@ -289,8 +292,6 @@ class TaskQueries(Base):
             "finished_at": None,
             "updated_at": now,
         }
-        if reset_attempts:
-            values["attempt"] = 0
         async with self._write() as conn:
             row = (
                 await conn.execute(
@@ -325,7 +326,11 @@ class TaskQueries(Base):
             released = [to_task(r) for r in cancelled]
             requeued = await conn.execute(
                 update(tasks)
-                .where(owned, tasks.c.status == TaskStatus.ACTIVE.value)
+                .where(
+                    owned,
+                    tasks.c.status == TaskStatus.ACTIVE.value,
+                    tasks.c.attempt < tasks.c.max_attempts,
+                )
                 .values(
                     status=TaskStatus.QUEUED.value,
                     lease_owner=None,
@@ -334,7 +339,20 @@ class TaskQueries(Base):
                 )
                 .returning(tasks)
             )
-            return released + [to_task(r) for r in requeued]
+            released += [to_task(r) for r in requeued]
+            exhausted = await conn.execute(
+                update(tasks)
+                .where(owned, tasks.c.status == TaskStatus.ACTIVE.value)
+                .values(
+                    status=TaskStatus.FAILED.value,
+                    finished_at=now,
+                    updated_at=now,
+                    lease_expires=None,
+                    error="the agent left during the last attempt allowed",
+                )
+                .returning(tasks)
+            )
+            return released + [to_task(r) for r in exhausted]
 
     async def expire_leases(self, now: float) -> list[Task]:
         timed_out = and_(
@@ -345,6 +363,7 @@ class TaskQueries(Base):
         query = (
             select(tasks)
             .where(tasks.c.status.in_(RUNNING), or_(expired, timed_out))
+            .order_by(tasks.c.id)  # one lock order for every replica's sweep
             .limit(REAP_BATCH)
         )
         changed: list[Task] = []
