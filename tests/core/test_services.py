@@ -275,3 +275,19 @@ async def test_registration_follows_the_policy(engine: Services) -> None:
     assert not pending.enabled
     await engine.tasks.submit([NewTask(type="t")])
     assert await engine.tasks.claim(pending) is None
+
+
+async def test_stop_ends_long_polls_at_once(engine: Services) -> None:
+    a = await agent_named(engine, "a")
+    (task,) = await engine.tasks.submit(
+        [NewTask(type="other", target_kind=TargetKind.AGENT, target="a")]
+    )
+    a = await engine.agents.hello(a, task_types=["t"])
+    polls = [
+        asyncio.create_task(engine.tasks.claim_wait(a, timeout=60)),
+        asyncio.create_task(engine.tasks.wait(task.id, timeout=60)),
+    ]
+    await asyncio.sleep(0)
+    engine.tasks.stop()
+    claimed, waited = await asyncio.wait_for(asyncio.gather(*polls), 5)
+    assert claimed is None and waited.status is TaskStatus.QUEUED

@@ -40,5 +40,9 @@ class LocalBus:
             if not waiter.done():
                 waiter.cancel()
 
-    async def close(self) -> None:
+    def wake_all(self) -> None:
+        """Wakes every waiter, so that each reads the database again."""
         self.wake(list(self._waiters))
+
+    async def close(self) -> None:
+        self.wake_all()

@@ -108,6 +108,10 @@ class PostgresBus:
     async def wait(self, channels: Sequence[str], timeout: float) -> bool:
         return await self._local.wait(channels, timeout)
 
+    def wake_all(self) -> None:
+        """Wakes every waiter on this replica."""
+        self._local.wake_all()
+
     async def close(self) -> None:
         """Sends what is pending (for up to `CLOSE_SECONDS`), disconnects, wakes waiters."""
         self._stopping.set()
@@ -151,6 +155,9 @@ class PostgresBus:
                 if self._conn is None:
                     self._conn = await self._connect()
                     log.info("bus reconnected", extra={"action": "bus_reconnect"})
+                    # Notifications sent while we were away are lost: let every waiter
+                    # look at the database now rather than at its next poll.
+                    self._local.wake_all()
                 delay = 0.0
                 await self._serve(self._conn)
             except asyncio.CancelledError:

@@ -50,6 +50,9 @@ class Bus(Protocol):
         Returns True when woken by a notification.
         """
 
+    def wake_all(self) -> None:
+        """Wakes every waiter of this process (shutting down, or after a lost link)."""
+
 
 class AccountStore(Protocol):
     async def add_account(self, name: str, role: Role, secret_hash: str, now: float) -> Account:

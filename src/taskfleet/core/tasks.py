@@ -88,6 +88,7 @@ class TaskService:
         self._clock = clock
         self.lease_seconds = lease_seconds
         self.poll_interval = poll_interval
+        self.stopping = False
 
     # -- submitting -----------------------------------------------------------------
 
@@ -164,9 +165,15 @@ class TaskService:
         while True:
             task = await self.get(task_id, caller)
             remaining = deadline - self._clock.now()
-            if task.status.terminal or remaining <= 0:
+            if task.status.terminal or remaining <= 0 or self.stopping:
                 return task
             await self._bus.wait([task_channel(task_id)], min(remaining, self.poll_interval))
+
+    def stop(self) -> None:
+        """The server is shutting down: every long-poll answers now, as if it timed out,
+        so that connections drain at once instead of at the end of their waits."""
+        self.stopping = True
+        self._bus.wake_all()
 
     # -- the agent's side ---------------------------------------------------------------
 
@@ -195,7 +202,7 @@ class TaskService:
         while True:
             task = await self.claim(agent, lease_seconds)
             remaining = deadline - self._clock.now()
-            if task is not None or remaining <= 0:
+            if task is not None or remaining <= 0 or self.stopping:
                 return task
             await self._bus.wait(channels, min(remaining, self.poll_interval))
             agent = await self._store.get_agent_by_id(agent.id) or agent
