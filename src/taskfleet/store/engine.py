@@ -78,7 +78,8 @@ def _alembic_config(connection: Connection) -> Config:
 def _upgrade(connection: Connection) -> None:
     if connection.dialect.name == "postgresql":
         connection.execute(text(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_ID})"))
-    command.upgrade(_alembic_config(connection), "head")
+    # "heads": features may add migrations on branches of their own from 0001.
+    command.upgrade(_alembic_config(connection), "heads")
 
 
 async def migrate(engine: Engine | AsyncEngine) -> None:
