@@ -10,9 +10,24 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "taskfleet"
 CORE_FORBIDDEN = {
-    "fastapi", "starlette", "uvicorn", "sqlalchemy", "alembic", "asyncpg", "aiosqlite",
-    "websockets", "httpx", "socket", "ssl", "http", "taskfleet.store", "taskfleet.api",
-    "taskfleet.bus", "taskfleet.dialects", "taskfleet.agent", "taskfleet.web",
+    "fastapi",
+    "starlette",
+    "uvicorn",
+    "sqlalchemy",
+    "alembic",
+    "asyncpg",
+    "aiosqlite",
+    "websockets",
+    "httpx",
+    "socket",
+    "ssl",
+    "http",
+    "taskfleet.store",
+    "taskfleet.api",
+    "taskfleet.bus",
+    "taskfleet.dialects",
+    "taskfleet.agent",
+    "taskfleet.web",
 }
 
 
@@ -28,7 +43,8 @@ def imported_modules(path: Path) -> set[str]:
 
 def violations(path: Path, forbidden: set[str]) -> list[str]:
     return sorted(
-        name for name in imported_modules(path)
+        name
+        for name in imported_modules(path)
         if any(name == f or name.startswith(f + ".") for f in forbidden)
     )
 
@@ -39,9 +55,12 @@ def test_core_imports_no_transport_or_storage(path: Path) -> None:
 
 
 def test_dialects_stay_translations() -> None:
-    for path in sorted(SRC.glob("dialects/**/*.py")):
-        others = {f"taskfleet.dialects.{p.stem}" for p in SRC.glob("dialects/*.py")}
-        others -= {f"taskfleet.dialects.{path.stem}", "taskfleet.dialects.__init__"}
+    root = SRC / "dialects"
+    modules = {p.stem for p in root.glob("*.py") if p.stem != "__init__"}
+    packages = {p.name for p in root.iterdir() if (p / "__init__.py").exists()}
+    for path in sorted(root.glob("**/*.py")):
+        own = path.relative_to(root).parts[0].removesuffix(".py")  # a module or a package
+        others = {f"taskfleet.dialects.{name}" for name in (modules | packages) - {own}}
         assert violations(path, {"taskfleet.store", "sqlalchemy", *others}) == [], path
 
 

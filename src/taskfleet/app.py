@@ -6,19 +6,24 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from types import FrameType
 
+import uvicorn
 from fastapi import FastAPI
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from taskfleet import __version__
-from taskfleet.api import problems, v1
+from taskfleet import __version__, statsd
+from taskfleet.api import agent_hub, agent_ws, problems, v1
 from taskfleet.api.limits import BodyLimit
 from taskfleet.bus.local import LocalBus
+from taskfleet.bus.postgres import PostgresBus, asyncpg_dsn
 from taskfleet.config import Settings
-from taskfleet.dialects import dut
+from taskfleet.core.schedules import Scheduler
+from taskfleet.dialects import dut, flamenco, raintank
 from taskfleet.services import Services, wire
-from taskfleet.store.sql import open_store
+from taskfleet.store.sql import SqlStore, open_store
 
 log = logging.getLogger(__name__)
 
@@ -35,14 +40,28 @@ async def _reap_forever(found: Services) -> None:
         await asyncio.sleep(found.settings.reap_interval)
 
 
+async def _open_bus(settings: Settings, store: SqlStore) -> LocalBus | PostgresBus:
+    """LISTEN/NOTIFY when replicas may share the database, else wake-ups in this process."""
+    if store.engine.dialect.name != "postgresql":
+        return LocalBus()
+    bus = PostgresBus(asyncpg_dsn(settings.db))
+    await bus.start()
+    return bus
+
+
 @contextlib.asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     store = await open_store(settings.db, settings.sqlite_synchronous)
-    bus = LocalBus()
+    bus = await _open_bus(settings, store)
     found = wire(settings, store, bus)
     app.state.services = found
+    app.state.agent_hub = hub = agent_hub.Hub(found)
     reaper = asyncio.create_task(_reap_forever(found), name="taskfleet-reaper")
+    scheduler = Scheduler(found.schedules, settings.schedule_tick_seconds)
+    scheduler.start()
+    reporter = statsd.Reporter(settings, found)
+    await reporter.start()
     log.info("taskfleet %s serving %s", __version__, settings.db, extra={"action": "start"})
     try:
         yield
@@ -50,6 +69,9 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         reaper.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await reaper
+        await reporter.stop()
+        await scheduler.stop()
+        await hub.close()
         await bus.close()
         await store.close()
 
@@ -65,9 +87,12 @@ def build(settings: Settings) -> FastAPI:
         redoc_url=None,
     )
     app.state.settings = settings
+    raintank.mount(app, settings)  # before v1, so that it may be served at /api/v1
     app.include_router(v1.router)
+    app.add_api_websocket_route(agent_ws.WS_PATH, agent_ws.endpoint)
     for prefix in dut.PREFIXES:
         app.include_router(dut.router, prefix=prefix)
+    app.include_router(flamenco.router)  # at the root only: the worker drops any prefix
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics(request: Request) -> Response:
@@ -75,9 +100,40 @@ def build(settings: Settings) -> FastAPI:
         body = found.metrics.render(await found.tasks.counts())
         return Response(body, media_type="text/plain; version=0.0.4")
 
+    app.add_exception_handler(HTTPException, problems.http_error)
+
     @app.exception_handler(Exception)
     async def unhandled(request: Request, exc: Exception) -> Response:
         return problems.to_problem(exc)
 
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     return app
+
+
+class _Server(uvicorn.Server):
+    """uvicorn, plus: on SIGTERM/SIGINT the long-polls answer at once (as if they timed
+    out), so that the graceful shutdown does not wait out 26 s polls or cut them off."""
+
+    def __init__(self, config: uvicorn.Config, app: FastAPI) -> None:
+        super().__init__(config)
+        self.app = app
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        found: Services | None = getattr(self.app.state, "services", None)
+        if found is not None:
+            found.tasks.stop()
+        super().handle_exit(sig, frame)
+
+
+def serve(settings: Settings) -> None:
+    """Runs the server until SIGINT or SIGTERM."""
+    app = build(settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        ws_per_message_deflate=False,  # ~50 KiB less per agent socket
+        timeout_graceful_shutdown=10,
+    )
+    _Server(config, app).run()

@@ -7,7 +7,9 @@ from dataclasses import dataclass
 from taskfleet.config import Settings
 from taskfleet.core.accounts import AccountService
 from taskfleet.core.agents import AgentService
+from taskfleet.core.jobs import JobService
 from taskfleet.core.ports import Bus, Clock, Store, SystemClock
+from taskfleet.core.schedules import ScheduleService
 from taskfleet.core.tasks import TaskService
 from taskfleet.metrics import Metrics
 
@@ -22,6 +24,8 @@ class Services:
     agents: AgentService
     tasks: TaskService
     metrics: Metrics
+    jobs: JobService
+    schedules: ScheduleService
 
 
 def wire(settings: Settings, store: Store, bus: Bus, clock: Clock | None = None) -> Services:
@@ -41,6 +45,17 @@ def wire(settings: Settings, store: Store, bus: Bus, clock: Clock | None = None)
             lease_seconds=settings.lease_seconds,
             poll_interval=settings.poll_interval,
             on_claim=metrics.claimed,
+            blacklist_threshold=settings.blacklist_threshold,
         ),
         metrics=metrics,
+        jobs=JobService(
+            store,
+            bus,
+            clock,
+            fail_limit=settings.task_fail_limit,
+            output_bound=settings.job_output_bound,
+        ),
+        schedules=ScheduleService(
+            store, bus, clock, move_after=settings.schedule_move_after_seconds
+        ),
     )

@@ -510,12 +510,16 @@ async def test_repeated_identical_finish_is_accepted_once(store: SqlStore) -> No
     task = await claim_one(store, agent)
 
     done, recorded = await finish(store, task, result={"ok": 1}, now=NOW + 5)
-    again, recorded_again = await finish(store, task, result={"ok": 2}, now=NOW + 6)
+    again, recorded_again = await finish(store, task, result={"ok": 1}, now=NOW + 6)
 
     assert recorded and not recorded_again
     assert done.status is TaskStatus.COMPLETED and done.result == {"ok": 1}
     assert done.finished_at == NOW + 5 and done.progress.percent == 100.0
     assert again == done == await store.get_task(task.id)
+    # The same attempt reporting a different result is not a repeat: refused, not recorded.
+    with pytest.raises(errors.Conflict):
+        await finish(store, task, result={"ok": 2}, now=NOW + 7)
+    assert await store.get_task(task.id) == done
 
 
 async def test_a_different_outcome_for_a_finished_attempt_conflicts(store: SqlStore) -> None:

@@ -9,6 +9,7 @@ import binascii
 from starlette.requests import HTTPConnection
 
 from taskfleet.core import errors
+from taskfleet.core.accounts import NAME_RE
 from taskfleet.core.models import Agent, Principal
 from taskfleet.services import Services
 
@@ -25,6 +26,10 @@ def basic_credentials(value: str) -> tuple[str, str]:
         raise errors.Unauthorized("malformed Basic credentials") from None
     if not sep:
         raise errors.Unauthorized("malformed Basic credentials")
+    if not NAME_RE.match(name):
+        # No account can have this name; answering here also keeps bytes such as NUL,
+        # which PostgreSQL refuses in text, away from the database.
+        raise errors.Unauthorized("invalid credentials")
     return name, secret
 
 

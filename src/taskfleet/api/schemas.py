@@ -6,7 +6,7 @@ Core knows nothing of these; `from_*` functions translate domain records.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -17,6 +17,20 @@ from taskfleet.core.models import AgentStatus, RegistrationPolicy, Role, TaskSta
 def iso(ts: float | None) -> str | None:
     """RFC 3339 in UTC with microseconds, or None."""
     return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat()
+
+
+MAX_ID = 2**63 - 1  #: ids are 64-bit
+MAX_ATTEMPT = 2**31 - 1  #: attempt counters are 32-bit
+MAX_PRIORITY = 1_000_000
+MAX_TARGET_LENGTH = 1024  #: a task's target: an agent or group name, or joined tags
+
+# Request bodies take numbers and booleans as JSON has them: no "5" for 5, no true for 1.
+# Bounds keep every value inside the database column it lands in, on every backend.
+Bool = Annotated[bool, Field(strict=True)]
+Int = Annotated[int, Field(strict=True)]
+Float = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+Id = Annotated[int, Field(strict=True, ge=1, le=MAX_ID)]
+Priority = Annotated[int, Field(strict=True, ge=-MAX_PRIORITY, le=MAX_PRIORITY)]
 
 
 class Strict(BaseModel):
@@ -105,13 +119,13 @@ class AgentOut(BaseModel):
 
 
 class AgentPatch(Strict):
-    enabled: bool | None = None
+    enabled: Bool | None = None
     tags: list[str] | None = Field(default=None, max_length=64)
     groups: list[str] | None = Field(default=None, max_length=64)
     nickname: str | None = Field(default=None, max_length=200)
     metadata: dict[str, Any] | None = None
     requested_status: AgentStatus | None = None
-    lazy: bool = Field(default=False, description="apply requested_status after the current task")
+    lazy: Bool = Field(default=False, description="apply requested_status after the current task")
 
 
 class GroupIn(Strict):
@@ -126,7 +140,7 @@ class GroupOut(BaseModel):
 class JobIn(Strict):
     name: str = Field(min_length=1, max_length=200)
     type: str = Field(default="", max_length=128)
-    priority: int = 0
+    priority: Priority = 0
     settings: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -153,14 +167,18 @@ class JobOut(BaseModel):
 class TaskIn(Strict):
     type: str = Field(min_length=1, max_length=128)
     payload: Any = None
-    agent: str | None = Field(default=None, description="run on this agent")
-    group: str | None = Field(default=None, description="run on any one member of this group")
-    tags: list[str] | None = Field(default=None, description="run on an agent with all tags")
-    broadcast: bool = Field(default=False, description="one task per member of `group`")
-    priority: int = Field(default=0, ge=-1_000_000, le=1_000_000)
-    max_attempts: int = Field(default=3, ge=1, le=100)
-    timeout_seconds: float | None = Field(default=None, gt=0, le=30 * 86400)
-    job_id: int | None = None
+    agent: str | None = Field(default=None, max_length=64, description="run on this agent")
+    group: str | None = Field(
+        default=None, max_length=64, description="run on any one member of this group"
+    )
+    tags: list[Annotated[str, Field(max_length=64)]] | None = Field(
+        default=None, max_length=64, description="run on an agent with all tags"
+    )
+    broadcast: Bool = Field(default=False, description="one task per member of `group`")
+    priority: Priority = 0
+    max_attempts: Int = Field(default=3, ge=1, le=100)
+    timeout_seconds: Float | None = Field(default=None, gt=0, le=30 * 86400)
+    job_id: Id | None = None
 
     @model_validator(mode="after")
     def _one_target(self) -> TaskIn:
@@ -169,6 +187,8 @@ class TaskIn(Strict):
             raise ValueError(f"give at most one of agent, group and tags (got {', '.join(given)})")
         if self.broadcast and not self.group:
             raise ValueError("broadcast needs a group")
+        if self.tags and len(",".join(self.tags)) > MAX_TARGET_LENGTH:
+            raise ValueError(f"tags must join to at most {MAX_TARGET_LENGTH} characters")
         return self
 
     def to_new(self) -> models.NewTask:
@@ -283,12 +303,12 @@ class Hello(Strict):
 
 
 class Attempt(Strict):
-    attempt: int = Field(ge=1)
+    attempt: Int = Field(ge=1, le=MAX_ATTEMPT)
 
 
 class ProgressIn(Attempt):
-    percent: float | None = Field(default=None, ge=0, le=100)
-    eta: float | None = Field(default=None, ge=0)
+    percent: Float | None = Field(default=None, ge=0, le=100)
+    eta: Float | None = Field(default=None, ge=0)
     activity: str = Field(default="", max_length=1000)
 
 
@@ -310,3 +330,201 @@ class LeaseOut(BaseModel):
     status: TaskStatus
     cancel_requested: bool
     lease_expires: str | None
+
+
+# -- jobs of tasks with dependencies (Flamenco's jobs) -------------------------------------
+
+StrictIndex = Annotated[int, Field(strict=True, ge=0, le=10_000)]
+TaskName = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+class CommandIn(Strict):
+    name: str = Field(min_length=1, max_length=128)
+    settings: dict[str, Any] = Field(default_factory=dict)
+
+
+class JobTaskIn(Strict):
+    name: TaskName | None = Field(default=None, description="unique in the job [task-<index>]")
+    task_type: str = Field(min_length=1, max_length=128)
+    priority: Priority = 0
+    commands: list[CommandIn] = Field(min_length=1, max_length=1000)
+    parents: list[StrictIndex | TaskName] = Field(
+        default_factory=list,
+        max_length=10_000,
+        description="tasks of this job that must complete first: by index or by name",
+    )
+
+
+class JobSubmission(Strict):
+    name: str = Field(min_length=1, max_length=200)
+    type: str = Field(default="", max_length=128)
+    priority: Priority = 0
+    settings: dict[str, Any] = Field(default_factory=dict)
+    fail_limit: Int | None = Field(
+        default=None, ge=1, le=100, description="agents that may fail a task [task_fail_limit]"
+    )
+    tasks: list[JobTaskIn] = Field(min_length=1, max_length=10_000)
+
+    def to_new(self) -> models.NewJob:
+        return models.NewJob(
+            name=self.name,
+            type=self.type,
+            priority=self.priority,
+            settings=self.settings,
+            fail_limit=self.fail_limit,
+            tasks=tuple(
+                models.NewJobTask(
+                    name=t.name or f"task-{n}",
+                    type=t.task_type,
+                    priority=t.priority,
+                    commands=tuple(c.model_dump() for c in t.commands),
+                    parents=tuple(t.parents),
+                )
+                for n, t in enumerate(self.tasks)
+            ),
+        )
+
+
+class BlacklistOut(BaseModel):
+    agent: str
+    task_type: str
+    since: str | None
+
+
+class JobSummaryOut(BaseModel):
+    id: int
+    name: str
+    type: str
+    priority: int
+    settings: dict[str, Any]
+    created_at: str | None
+    status: str = Field(description="queued, active, completed, failed or cancelled")
+    total: int
+    counts: dict[str, int] = Field(description="tasks by status")
+    blacklist: list[BlacklistOut]
+
+    @classmethod
+    def of(
+        cls, summary: models.JobSummary, blacklist: list[models.BlacklistEntry]
+    ) -> JobSummaryOut:
+        job = summary.job
+        return cls(
+            id=job.id,
+            name=job.name,
+            type=job.type,
+            priority=job.priority,
+            settings=job.settings,
+            created_at=iso(job.created_at),
+            status=summary.status,
+            total=summary.total,
+            counts={k.value: v for k, v in sorted(summary.counts.items())},
+            blacklist=[
+                BlacklistOut(agent=b.agent_name, task_type=b.task_type, since=iso(b.time))
+                for b in blacklist
+            ],
+        )
+
+
+class JobSubmitted(JobSummaryOut):
+    tasks: list[TaskOut] = Field(description="the queued tasks, in submission order")
+
+
+class RequeuedOut(BaseModel):
+    requeued: list[int] = Field(description="ids of the tasks queued again")
+
+
+class JobOutputOut(BaseModel):
+    id: int
+    task_id: int | None
+    agent_id: int | None
+    time: str | None
+    data: Any
+
+
+class TaskFailureOut(BaseModel):
+    attempt: int
+    agent: str | None
+    time: str | None
+    error: str
+
+
+# -- schedules -------------------------------------------------------------------------------
+
+AgentName = Annotated[str, Field(max_length=64)]
+
+
+class RouteIn(Strict):
+    kind: models.RouteKind = Field(
+        default=models.RouteKind.ANY,
+        description="`any`: one online agent, moved when it goes offline; `tags`: every "
+        "agent with at least one of `tags`; `agents`: the agents named in `agents`",
+    )
+    tags: list[AgentName] = Field(default_factory=list, max_length=1000)
+    agents: list[AgentName] = Field(default_factory=list, max_length=1000)
+
+
+class ScheduleIn(Strict):
+    name: str = Field(min_length=1, max_length=255)
+    type: str = Field(min_length=1, max_length=128, description="the type of every run's task")
+    interval: Int = Field(ge=1, le=2**31 - 1, description="seconds between runs")
+    route: RouteIn = Field(default_factory=RouteIn)
+    config: dict[str, Any] = Field(
+        default_factory=dict, description="the payload of every run's task"
+    )
+    enabled: Bool = True
+
+    def to_new(self, agent_ids: list[int]) -> models.NewSchedule:
+        route = models.Route(
+            kind=self.route.kind, tags=tuple(self.route.tags), agent_ids=tuple(agent_ids)
+        )
+        return models.NewSchedule(
+            name=self.name,
+            type=self.type,
+            interval=self.interval,
+            route=route,
+            config=self.config,
+            enabled=self.enabled,
+        )
+
+
+class RouteOut(BaseModel):
+    kind: models.RouteKind
+    tags: list[str]
+    agents: list[str]
+
+
+class ScheduleOut(BaseModel):
+    id: int
+    name: str
+    type: str
+    interval: int
+    route: RouteOut
+    config: dict[str, Any]
+    enabled: bool
+    assigned_agent: str | None = Field(description="the agent an `any` route runs on now")
+    next_run: str | None = Field(description="when the next run's tasks are created")
+    created_at: str | None
+    updated_at: str | None
+
+    @classmethod
+    def of(cls, sc: models.Schedule, names: dict[int, str]) -> ScheduleOut:
+        """`names` maps agent ids to names."""
+        route = RouteOut(
+            kind=sc.route.kind,
+            tags=list(sc.route.tags),
+            agents=[names.get(i, str(i)) for i in sc.route.agent_ids],
+        )
+        assigned = None if sc.assigned_agent is None else names.get(sc.assigned_agent)
+        return cls(
+            id=sc.id,
+            name=sc.name,
+            type=sc.type,
+            interval=sc.interval,
+            route=route,
+            config=sc.config,
+            enabled=sc.enabled,
+            assigned_agent=assigned,
+            next_run=iso(sc.next_run),
+            created_at=iso(sc.created_at),
+            updated_at=iso(sc.updated_at),
+        )

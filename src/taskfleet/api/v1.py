@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Query, Request
+from fastapi import APIRouter, Body, Depends, Path, Query, Request
 from starlette.responses import Response
 
 from taskfleet.api import schemas as s
 from taskfleet.api.auth import admin, agent, caller, services
 from taskfleet.api.problems import ProblemRoute
-from taskfleet.core import errors
+from taskfleet.core import errors, models
 from taskfleet.core.accounts import SESSION_TTL_SECONDS
 from taskfleet.core.models import Agent, Principal, Progress, TaskFilter, TaskStatus
 from taskfleet.services import Services
@@ -26,6 +26,9 @@ Caller = Annotated[Principal, Depends(caller)]
 AgentCaller = Annotated[Agent, Depends(agent)]
 Found = Annotated[Services, Depends(services)]
 MAX_WAIT_SECONDS = 55.0  #: long-polls stay under the 60 s proxies allow for idle requests
+TaskId = Annotated[int, Path(ge=1, le=s.MAX_ID)]
+JobId = Annotated[int, Path(ge=1, le=s.MAX_ID)]
+After = Annotated[int, Query(ge=0, le=s.MAX_ID, description="only ids greater than this")]
 
 
 # -- sessions -----------------------------------------------------------------------------
@@ -183,7 +186,7 @@ async def list_jobs(
 
 
 @router.get("/jobs/{job_id}", response_model=s.JobOut, tags=["jobs"])
-async def show_job(job_id: int, _: Admin, found: Found) -> s.JobOut:
+async def show_job(job_id: JobId, _: Admin, found: Found) -> s.JobOut:
     job = await found.store.get_job(job_id)
     if job is None:
         raise errors.NotFound(f"no job {job_id}")
@@ -219,8 +222,8 @@ async def list_tasks(
     status: TaskStatus | None = None,
     type: Annotated[str | None, Query(max_length=128)] = None,
     agent: Annotated[str | None, Query(max_length=64)] = None,
-    job: int | None = None,
-    after: Annotated[int, Query(ge=0)] = 0,
+    job: Annotated[int | None, Query(ge=1, le=s.MAX_ID)] = None,
+    after: After = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> s.TaskPage:
     """Tasks in id order, filtered; an agent sees only the tasks it ran."""
@@ -238,13 +241,13 @@ async def list_tasks(
 
 
 @router.get("/tasks/{task_id}", response_model=s.TaskOut, tags=["tasks"])
-async def show_task(task_id: int, who: Caller, found: Found) -> s.TaskOut:
+async def show_task(task_id: TaskId, who: Caller, found: Found) -> s.TaskOut:
     return s.TaskOut.of(await found.tasks.get(task_id, who))
 
 
 @router.get("/tasks/{task_id}/wait", response_model=s.TaskOut, tags=["tasks"])
 async def wait_task(
-    task_id: int,
+    task_id: TaskId,
     who: Caller,
     found: Found,
     timeout: Annotated[float, Query(ge=0, le=MAX_WAIT_SECONDS)] = 25.0,
@@ -254,21 +257,27 @@ async def wait_task(
 
 
 @router.post("/tasks/{task_id}/cancel", response_model=s.TaskOut, tags=["tasks"])
-async def cancel_task(task_id: int, _: Admin, found: Found) -> s.TaskOut:
+async def cancel_task(task_id: TaskId, _: Admin, found: Found) -> s.TaskOut:
     return s.TaskOut.of(await found.tasks.cancel(task_id))
 
 
 @router.post("/tasks/{task_id}/requeue", response_model=s.TaskOut, tags=["tasks"])
-async def requeue_task(task_id: int, _: Admin, found: Found) -> s.TaskOut:
-    return s.TaskOut.of(await found.tasks.requeue(task_id))
+async def requeue_task(
+    task_id: TaskId,
+    _: Admin,
+    found: Found,
+    attempts: Annotated[int, Query(ge=1, le=100, description="attempts it gets anew")] = 3,
+) -> s.TaskOut:
+    """Puts a finished task back in the queue; attempt numbers keep counting up."""
+    return s.TaskOut.of(await found.tasks.requeue(task_id, attempts))
 
 
 @router.get("/tasks/{task_id}/logs", response_model=list[s.LogChunkOut], tags=["tasks"])
 async def task_logs(
-    task_id: int,
+    task_id: TaskId,
     who: Caller,
     found: Found,
-    after: Annotated[int, Query(ge=0)] = 0,
+    after: After = 0,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
 ) -> list[s.LogChunkOut]:
     await found.tasks.get(task_id, who)
@@ -279,7 +288,7 @@ async def task_logs(
 
 
 @router.get("/tasks/{task_id}/outputs", response_model=list[s.OutputOut], tags=["tasks"])
-async def task_outputs(task_id: int, who: Caller, found: Found) -> list[s.OutputOut]:
+async def task_outputs(task_id: TaskId, who: Caller, found: Found) -> list[s.OutputOut]:
     await found.tasks.get(task_id, who)
     return [
         s.OutputOut(id=o.id, time=s.iso(o.time), data=o.data)
@@ -320,7 +329,9 @@ async def claim(
 
 
 @router.post("/agent/tasks/{task_id}/progress", response_model=s.LeaseOut, tags=["agent"])
-async def progress(task_id: int, body: s.ProgressIn, me: AgentCaller, found: Found) -> s.LeaseOut:
+async def progress(
+    task_id: TaskId, body: s.ProgressIn, me: AgentCaller, found: Found
+) -> s.LeaseOut:
     """Extends the lease; answers 409 when the attempt is no longer current."""
     report = Progress(percent=body.percent, eta=body.eta, activity=body.activity)
     task = await found.tasks.heartbeat(me, task_id, body.attempt, report)
@@ -332,7 +343,7 @@ async def progress(task_id: int, body: s.ProgressIn, me: AgentCaller, found: Fou
 
 
 @router.post("/agent/tasks/{task_id}/result", response_model=s.TaskOut, tags=["agent"])
-async def result(task_id: int, body: s.ResultIn, me: AgentCaller, found: Found) -> s.TaskOut:
+async def result(task_id: TaskId, body: s.ResultIn, me: AgentCaller, found: Found) -> s.TaskOut:
     """Records the attempt's outcome; a repeat for the same attempt is accepted once."""
     tasks = found.tasks
     if body.status == "complete":
@@ -345,7 +356,7 @@ async def result(task_id: int, body: s.ResultIn, me: AgentCaller, found: Found) 
 
 
 @router.post("/agent/tasks/{task_id}/log", status_code=204, tags=["agent"])
-async def append_log(task_id: int, body: s.LogIn, me: AgentCaller, found: Found) -> Response:
+async def append_log(task_id: TaskId, body: s.LogIn, me: AgentCaller, found: Found) -> Response:
     await found.tasks.log(me, task_id, body.attempt, body.text)
     return Response(status_code=204)
 
@@ -353,7 +364,9 @@ async def append_log(task_id: int, body: s.LogIn, me: AgentCaller, found: Found)
 @router.post(
     "/agent/tasks/{task_id}/outputs", status_code=201, response_model=s.OutputOut, tags=["agent"]
 )
-async def add_output(task_id: int, body: s.OutputIn, me: AgentCaller, found: Found) -> s.OutputOut:
+async def add_output(
+    task_id: TaskId, body: s.OutputIn, me: AgentCaller, found: Found
+) -> s.OutputOut:
     out = await found.tasks.add_output(me, task_id, body.attempt, body.data)
     return s.OutputOut(id=out.id, time=s.iso(out.time), data=out.data)
 
@@ -364,3 +377,136 @@ async def sign_off(me: AgentCaller, found: Found) -> list[s.TaskOut]:
     released = await found.tasks.sign_off(me)
     await found.agents.seen(me, online=False)
     return [s.TaskOut.of(t) for t in released]
+
+
+# -- jobs of tasks with dependencies (Flamenco's jobs) ---------------------------------------
+
+
+async def _job_summary(found: Services, job_id: int) -> s.JobSummaryOut:
+    summary = await found.jobs.get(job_id)
+    return s.JobSummaryOut.of(summary, await found.jobs.blacklist(job_id))
+
+
+@router.post("/jobs/submit", status_code=201, response_model=s.JobSubmitted, tags=["jobs"])
+async def submit_job(body: s.JobSubmission, _: Admin, found: Found) -> s.JobSubmitted:
+    """Queues a job with its tasks in one transaction. Tasks run by job priority, task
+    priority and age, on agents that take their `task_type`, once their parents completed."""
+    job, created = await found.jobs.submit(body.to_new())
+    summary = await _job_summary(found, job.id)
+    return s.JobSubmitted(**summary.model_dump(), tasks=[s.TaskOut.of(t) for t in created])
+
+
+@router.get("/job-summaries", response_model=list[s.JobSummaryOut], tags=["jobs"])
+async def job_summaries(
+    _: Admin, found: Found, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+) -> list[s.JobSummaryOut]:
+    """Jobs, newest first, with their tasks counted by status."""
+    return [
+        s.JobSummaryOut.of(j, await found.jobs.blacklist(j.job.id))
+        for j in await found.jobs.all(limit)
+    ]
+
+
+@router.get("/jobs/{job_id}/summary", response_model=s.JobSummaryOut, tags=["jobs"])
+async def job_summary(job_id: JobId, _: Admin, found: Found) -> s.JobSummaryOut:
+    return await _job_summary(found, job_id)
+
+
+@router.post("/jobs/{job_id}/requeue-failed", response_model=s.RequeuedOut, tags=["jobs"])
+async def requeue_failed(job_id: JobId, _: Admin, found: Found) -> s.RequeuedOut:
+    """Queues every failed task of the job again, forgetting who failed them and the
+    job's blacklist."""
+    return s.RequeuedOut(requeued=[t.id for t in await found.jobs.requeue_failed(job_id)])
+
+
+@router.get("/jobs/{job_id}/outputs", response_model=list[s.JobOutputOut], tags=["jobs"])
+async def job_outputs(
+    job_id: JobId, _: Admin, found: Found, limit: Annotated[int, Query(ge=1, le=10_000)] = 1000
+) -> list[s.JobOutputOut]:
+    """Files the job's tasks produced (Flamenco's /output-produced), oldest first."""
+    return [
+        s.JobOutputOut(
+            id=o.id, task_id=o.task_id, agent_id=o.agent_id, time=s.iso(o.time), data=o.data
+        )
+        for o in await found.jobs.outputs(job_id, limit)
+    ]
+
+
+@router.get("/tasks/{task_id}/failures", response_model=list[s.TaskFailureOut], tags=["tasks"])
+async def task_failures(task_id: TaskId, _: Admin, found: Found) -> list[s.TaskFailureOut]:
+    """The failed attempts held against the task: those agents are not offered it again."""
+    await found.tasks.get(task_id)
+    return [
+        s.TaskFailureOut(attempt=f.attempt, agent=f.agent_name, time=s.iso(f.time), error=f.error)
+        for f in await found.jobs.failures(task_id)
+    ]
+
+
+# -- schedules: task definitions that run every interval on the agents a route selects ----------
+
+ScheduleId = Annotated[int, Path(ge=1, le=s.MAX_ID)]
+
+
+async def _schedule_in(found: Services, body: s.ScheduleIn) -> models.NewSchedule:
+    return body.to_new([(await found.agents.get(name)).id for name in body.route.agents])
+
+
+async def _schedule_out(found: Services, schedules: list[models.Schedule]) -> list[s.ScheduleOut]:
+    names = {a.id: a.name for a in await found.agents.all()}
+    return [s.ScheduleOut.of(sc, names) for sc in schedules]
+
+
+@router.post("/schedules", status_code=201, response_model=s.ScheduleOut, tags=["schedules"])
+async def add_schedule(body: s.ScheduleIn, _: Admin, found: Found) -> s.ScheduleOut:
+    """Runs `type` with `config` as payload every `interval` seconds on the routed agents:
+    one task per run and agent (agents that run schedules themselves, such as raintank's,
+    get the definition instead). The first run is one interval from now."""
+    created = await found.schedules.create(await _schedule_in(found, body))
+    return (await _schedule_out(found, [created]))[0]
+
+
+@router.get("/schedules", response_model=list[s.ScheduleOut], tags=["schedules"])
+async def list_schedules(
+    _: Admin,
+    found: Found,
+    type: Annotated[str | None, Query(max_length=128)] = None,
+    enabled: bool | None = None,
+    offset: Annotated[int, Query(ge=0, le=s.MAX_ID)] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[s.ScheduleOut]:
+    query = models.ScheduleFilter(type=type, enabled=enabled, offset=offset, limit=limit)
+    return await _schedule_out(found, await found.schedules.find(query))
+
+
+@router.get("/schedules/{schedule_id}", response_model=s.ScheduleOut, tags=["schedules"])
+async def show_schedule(schedule_id: ScheduleId, _: Admin, found: Found) -> s.ScheduleOut:
+    return (await _schedule_out(found, [await found.schedules.get(schedule_id)]))[0]
+
+
+@router.put("/schedules/{schedule_id}", response_model=s.ScheduleOut, tags=["schedules"])
+async def replace_schedule(
+    schedule_id: ScheduleId, body: s.ScheduleIn, _: Admin, found: Found
+) -> s.ScheduleOut:
+    """Replaces the definition; agents that run schedules themselves are told at once."""
+    updated = await found.schedules.update(schedule_id, await _schedule_in(found, body))
+    return (await _schedule_out(found, [updated]))[0]
+
+
+@router.delete("/schedules/{schedule_id}", status_code=204, tags=["schedules"])
+async def delete_schedule(schedule_id: ScheduleId, _: Admin, found: Found) -> Response:
+    """Deletes the schedule; the tasks of its earlier runs stay."""
+    if await found.schedules.delete(schedule_id) is None:
+        raise errors.NotFound(f"no schedule {schedule_id}")
+    return Response(status_code=204)
+
+
+@router.get("/schedules/{schedule_id}/runs", response_model=list[s.TaskOut], tags=["schedules"])
+async def schedule_runs(
+    schedule_id: ScheduleId,
+    _: Admin,
+    found: Found,
+    after: After = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[s.TaskOut]:
+    """The tasks the schedule's runs created, with their status and results, in id order."""
+    return [s.TaskOut.of(t) for t in await found.schedules.runs(schedule_id, after, limit)]

@@ -146,20 +146,22 @@ class AccountService:
     async def set_registration_policy(self, policy: RegistrationPolicy) -> None:
         await self._store.set_setting(POLICY_KEY, RegistrationPolicy(policy).value)
 
-    async def register_agent(self, name: str, secret: str) -> Account:
+    async def register_agent(self, name: str, secret: str, *, vouched: bool = False) -> Account:
         """Self-registration of an agent account, as the registration policy allows.
 
         OPEN creates an enabled agent; APPROVAL creates it disabled until an admin enables
         it; CLOSED refuses with `Forbidden`. Registration tokens (TOKEN) are not built yet
-        and are refused with a message that says so.
+        and are refused with a message that says so. `vouched` means the transport checked
+        a registration credential an admin configured (Flamenco's registration secret):
+        that is an admin's consent, so the agent is created enabled whatever the policy.
         """
         policy = await self.registration_policy()
-        if policy is RegistrationPolicy.CLOSED:
+        if not vouched and policy is RegistrationPolicy.CLOSED:
             raise errors.Forbidden("agent self-registration is disabled")
-        if policy is RegistrationPolicy.TOKEN:
+        if not vouched and policy is RegistrationPolicy.TOKEN:
             raise errors.Forbidden("registration tokens are not built yet in this version")
         account = await self.add(name, Role.AGENT, secret)
-        if policy is RegistrationPolicy.APPROVAL:
+        if not vouched and policy is RegistrationPolicy.APPROVAL:
             agent = await self._store.get_agent(name)
             assert agent is not None
             await self._store.update_agent(agent.id, enabled=False)

@@ -40,6 +40,36 @@ class AgentService:
             raise errors.NotFound(f"no agent named {name!r}")
         return agent
 
+    async def get_by_id(self, agent_id: int) -> Agent:
+        """Raises `NotFound`."""
+        agent = await self._store.get_agent_by_id(agent_id)
+        if agent is None:
+            raise errors.NotFound(f"no agent with id {agent_id}")
+        return agent
+
+    async def add(
+        self,
+        name: str,
+        *,
+        enabled: bool = True,
+        tags: Sequence[str] = (),
+        metadata: dict[str, JSONValue] | None = None,
+        runs_schedules: bool = False,
+    ) -> Agent:
+        """Creates an agent record without an account, for protocols whose agents carry no
+        credentials of their own (raintank's). Raises `Invalid`, or `Conflict` when the
+        name is taken."""
+        checked_tags = check_labels(tags, "tags")
+        if await self._store.get_agent(check_name(name)) is not None:
+            raise errors.Conflict(f"an agent named {name!r} already exists")
+        agent = await self._store.add_agent(
+            name, None, self._clock.now(), runs_schedules=runs_schedules
+        )
+        fields: dict[str, object] = {"enabled": bool(enabled), "tags": checked_tags}
+        if metadata:
+            fields["metadata"] = metadata
+        return await self._store.update_agent(agent.id, **fields)
+
     async def for_principal(self, principal: Principal) -> Agent:
         """The agent record of the calling agent account. Raises `Forbidden` for admins."""
         if principal.is_admin:
@@ -63,6 +93,7 @@ class AgentService:
         task_types: Sequence[str] | None = None,
         tags: Sequence[str] | None = None,
         status: AgentStatus = AgentStatus.AWAKE,
+        runs_schedules: bool | None = None,
     ) -> Agent:
         """Marks the agent online with what it says about itself."""
         fields: dict[str, object] = {
@@ -72,6 +103,8 @@ class AgentService:
             "version": str(version)[:100],
             "platform": str(platform)[:200],
         }
+        if runs_schedules is not None:
+            fields["runs_schedules"] = runs_schedules
         if task_types is not None:
             fields["task_types"] = check_labels(task_types, "task types")
         if tags is not None:
@@ -125,6 +158,21 @@ class AgentService:
             fields.update(requested_status=None, requested_lazy=False)
         return await self._store.update_agent(agent.id, **fields)
 
+    async def sign_off(self, agent: Agent) -> Agent:
+        """The agent leaves: it is offline. Leaving answers a pending shutdown request; an
+        agent that was asleep is asked to sleep again when it comes back, as Flamenco's
+        manager keeps sleeping workers asleep across restarts."""
+        fields: dict[str, object] = {
+            "online": False,
+            "last_seen": self._clock.now(),
+            "status": AgentStatus.OFFLINE,
+        }
+        if agent.requested_status is AgentStatus.SHUTDOWN:
+            fields.update(requested_status=None, requested_lazy=False)
+        elif agent.status is AgentStatus.ASLEEP and agent.requested_status is None:
+            fields.update(requested_status=AgentStatus.ASLEEP, requested_lazy=False)
+        return await self._store.update_agent(agent.id, **fields)
+
     async def delete(self, name: str) -> None:
         agent = await self.get(name)
         await self._store.delete_agent(agent.id)
@@ -142,6 +190,9 @@ class AgentService:
         return await self._store.list_groups()
 
     async def group_members(self, name: str) -> list[Agent]:
+        """Raises `NotFound` for an unknown group (an empty group lists nothing)."""
+        if name not in {g.name for g in await self._store.list_groups()}:
+            raise errors.NotFound(f"no group named {name!r}")
         return await self._store.group_members(name)
 
     async def delete_group(self, name: str) -> None:

@@ -50,6 +50,7 @@ class AgentStatus(StrEnum):
     ERROR = "error"
     SHUTDOWN = "shutdown"
     TIMEOUT = "timeout"
+    TESTING = "testing"  #: Flamenco workers started with `--test` acknowledge this
 
 
 class RegistrationPolicy(StrEnum):
@@ -102,6 +103,9 @@ class Agent:
     enabled: bool = True
     metadata: dict[str, JSONValue] = field(default_factory=dict)
     created_at: float = 0.0
+    #: The agent receives schedule definitions and runs them itself (raintank agents);
+    #: otherwise the server creates a task for it on every run of a schedule routed to it.
+    runs_schedules: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -140,6 +144,10 @@ class NewTask:
     max_attempts: int = 3
     timeout_seconds: float | None = None
     job_id: int | None = None
+    job_priority: int = 0  #: copied from the job: claims order by it before `priority`
+    #: Failures by this many different agents fail the task for good; below that a failure
+    #: requeues it for another agent ("soft-fails"). 1: the first failure is final.
+    fail_limit: int = 1
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -160,6 +168,8 @@ class Task:
     result: JSONValue = None
     error: str | None = None
     job_id: int | None = None
+    job_priority: int = 0
+    fail_limit: int = 1
     created_at: float = 0.0
     updated_at: float = 0.0
     claimed_at: float | None = None
@@ -200,3 +210,140 @@ class Output:
     task_id: int
     time: float
     data: JSONValue
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NewJobTask:
+    """One task of a job being submitted; `parents` name other tasks of the same job by
+    their index in the submission or by their name."""
+
+    name: str
+    type: str
+    commands: tuple[dict[str, JSONValue], ...]  #: each `{"name": str, "settings": {...}}`
+    priority: int = 0
+    parents: tuple[int | str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NewJob:
+    name: str
+    type: str = ""
+    priority: int = 0
+    settings: dict[str, JSONValue] = field(default_factory=dict)
+    tasks: tuple[NewJobTask, ...] = ()
+    fail_limit: int | None = None  #: None: the server's `task_fail_limit`
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobSummary:
+    """A job with its tasks counted by status."""
+
+    job: Job
+    counts: dict[TaskStatus, int] = field(default_factory=dict)
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def status(self) -> str:
+        """`failed` once any task failed for good, `completed` when all did, `active`
+        while any runs, `cancelled` when every task ended and some were cancelled,
+        else `queued`."""
+        counts, total = self.counts, self.total
+        if counts.get(TaskStatus.FAILED):
+            return TaskStatus.FAILED.value
+        if total and counts.get(TaskStatus.COMPLETED, 0) == total:
+            return TaskStatus.COMPLETED.value
+        if counts.get(TaskStatus.ACTIVE) or counts.get(TaskStatus.CANCEL_REQUESTED):
+            return TaskStatus.ACTIVE.value
+        if total and not counts.get(TaskStatus.QUEUED) and counts.get(TaskStatus.CANCELLED):
+            return TaskStatus.CANCELLED.value
+        return TaskStatus.QUEUED.value
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskFailure:
+    """One agent's failed attempt at a task (Flamenco's `failed_by_workers`)."""
+
+    task_id: int
+    attempt: int
+    agent_id: int
+    agent_name: str | None  #: None once the agent is deleted
+    time: float
+    error: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BlacklistEntry:
+    """An agent that failed too many tasks of a job's task type no longer gets them."""
+
+    job_id: int
+    task_type: str
+    agent_id: int
+    agent_name: str
+    time: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobOutput:
+    """A file an agent produced while running one of the job's tasks."""
+
+    id: int
+    job_id: int
+    task_id: int | None
+    agent_id: int | None
+    time: float
+    data: JSONValue
+
+
+class RouteKind(StrEnum):
+    ANY = "any"  #: one online agent, moved to another when it goes offline
+    TAGS = "tags"  #: every agent carrying at least one of the tags
+    AGENTS = "agents"  #: the agents with these ids
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Route:
+    """Which agents a schedule runs on."""
+
+    kind: RouteKind = RouteKind.ANY
+    tags: tuple[str, ...] = ()  #: for TAGS
+    agent_ids: tuple[int, ...] = ()  #: for AGENTS
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NewSchedule:
+    """A task definition that runs every `interval` seconds on the agents its route selects."""
+
+    name: str
+    type: str
+    interval: int  #: seconds between runs
+    route: Route = field(default_factory=Route)
+    config: dict[str, JSONValue] = field(default_factory=dict)  #: the runs' payload
+    enabled: bool = True
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Schedule:
+    id: int
+    name: str
+    type: str
+    interval: int
+    route: Route = field(default_factory=Route)
+    config: dict[str, JSONValue] = field(default_factory=dict)
+    enabled: bool = True
+    assigned_agent: int | None = None  #: the agent an ANY route runs on now
+    next_run: float = 0.0  #: when the next tasks for agents that take tasks are created
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ScheduleFilter:
+    name_like: str | None = None  #: an SQL LIKE pattern (`%` and `_` are wildcards)
+    type: str | None = None
+    enabled: bool | None = None
+    order_by: str = "id"  #: "id" or "name"
+    offset: int = 0
+    limit: int = 100

@@ -7,22 +7,29 @@ them in `__init__`, so tests can hand in the real thing with a temporary databas
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from typing import Protocol
 
 from taskfleet.core.models import (
     Account,
     Agent,
+    BlacklistEntry,
     Event,
     Group,
     Job,
+    JobOutput,
+    JobSummary,
     JSONValue,
     LogChunk,
+    NewSchedule,
     NewTask,
     Output,
     Progress,
     Role,
+    Schedule,
+    ScheduleFilter,
     Task,
+    TaskFailure,
     TaskFilter,
     TaskStatus,
 )
@@ -81,7 +88,9 @@ class AccountStore(Protocol):
 
 
 class AgentStore(Protocol):
-    async def add_agent(self, name: str, account_id: int | None, now: float) -> Agent:
+    async def add_agent(
+        self, name: str, account_id: int | None, now: float, runs_schedules: bool = False
+    ) -> Agent:
         """Raises `Conflict` when the name is taken."""
 
     async def get_agent(self, name: str) -> Agent | None: ...
@@ -188,7 +197,130 @@ class TaskStore(Protocol):
     async def list_jobs(self, limit: int) -> list[Job]: ...
 
 
-class Store(AccountStore, AgentStore, TaskStore, Protocol):
+class JobStore(Protocol):
+    async def add_job_with_tasks(
+        self,
+        job: Job,
+        new: Sequence[NewTask],
+        edges: Sequence[tuple[int, int]],
+        now: float,
+    ) -> tuple[Job, list[Task]]:
+        """Inserts the job and its tasks in one transaction; `edges` are (child, parent)
+        indexes into `new`. The tasks are queued in the order given."""
+
+    async def job_summaries(self, limit: int, job_id: int | None = None) -> list[JobSummary]:
+        """Newest jobs first, with their tasks counted by status."""
+
+    async def task_parent_ids(self, task_id: int) -> list[int]: ...
+
+    async def failures_of_task(self, task_id: int) -> list[TaskFailure]:
+        """The failed attempts still held against the task (a requeue clears them)."""
+
+    async def blacklist_of_job(self, job_id: int) -> list[BlacklistEntry]: ...
+
+    async def fail_task(
+        self,
+        task_id: int,
+        agent_id: int,
+        attempt: int,
+        error: str,
+        now: float,
+        *,
+        blacklist_threshold: int,
+        candidates: Collection[int],
+    ) -> tuple[Task, bool]:
+        """Records the current attempt as failed by the agent; returns (task, newly_recorded).
+
+        Below the task's `fail_limit`, while some agent in `candidates` has neither failed
+        it nor been blacklisted, the task goes back to the queue; otherwise it fails for
+        good, and so do the queued tasks that depend on it. An agent that has failed
+        `blacklist_threshold` tasks of a job's type is blacklisted for them. A repeat of a
+        recorded failure returns (task, False); any other stale report raises `Conflict`.
+        """
+
+    async def requeue_failed_tasks(
+        self, job_id: int, now: float, extra_attempts: int
+    ) -> list[Task]:
+        """Queues every failed task of the job again, forgetting their failures and the
+        job's blacklist."""
+
+    async def release_task(self, task_id: int, agent_id: int, attempt: int, now: float) -> Task:
+        """The agent gives back its current attempt: the task is queued again (failed on
+        the last attempt allowed, cancelled when a cancel was requested)."""
+
+    async def add_job_output(
+        self,
+        job_id: int,
+        task_id: int | None,
+        agent_id: int | None,
+        time: float,
+        data: JSONValue,
+        bound: int,
+    ) -> JobOutput:
+        """Appends an output, dropping the job's oldest beyond `bound`."""
+
+    async def list_job_outputs(self, job_id: int, limit: int) -> list[JobOutput]:
+        """Oldest first, at most the newest `limit`."""
+
+
+class ScheduleStore(Protocol):
+    async def add_schedule(
+        self, new: NewSchedule, assigned_agent: int | None, next_run: float, now: float
+    ) -> Schedule:
+        """Raises `Conflict` when the name is taken."""
+
+    async def get_schedule(self, schedule_id: int) -> Schedule | None: ...
+
+    async def list_schedules(self, query: ScheduleFilter) -> list[Schedule]: ...
+
+    async def update_schedule(
+        self,
+        schedule_id: int,
+        new: NewSchedule,
+        assigned_agent: int | None,
+        next_run: float | None,
+        now: float,
+    ) -> Schedule:
+        """Replaces the definition, and `next_run` unless it is None. Raises `NotFound`, or
+        `Conflict` when the name is taken."""
+
+    async def delete_schedule(self, schedule_id: int) -> Schedule | None:
+        """Deletes the schedule (the tasks of its runs stay); returns what was deleted."""
+
+    async def schedules_for_agent(self, agent: Agent) -> list[Schedule]:
+        """The enabled schedules whose route selects this agent, in id order."""
+
+    async def due_schedules(self, now: float, limit: int) -> list[Schedule]:
+        """Enabled schedules whose `next_run` has come, oldest first."""
+
+    async def start_run(
+        self,
+        schedule_id: int,
+        due: float,
+        next_run: float,
+        runs: Sequence[tuple[int, NewTask]],
+        now: float,
+    ) -> list[Task] | None:
+        """Moves the schedule's `next_run` from `due` to `next_run` and, in the same
+        transaction, queues one task per (agent id, task) pair, except for agents whose
+        task from an earlier run of this schedule is still queued. Returns None, creating
+        nothing, when `next_run` is no longer `due` (another replica started this run)."""
+
+    async def stranded_schedules(self, offline_before: float, limit: int) -> list[Schedule]:
+        """ANY-routed schedules whose agent is unassigned, gone, disabled, or offline and
+        last seen before `offline_before`."""
+
+    async def assign_schedule(
+        self, schedule_id: int, expected: int | None, agent_id: int | None
+    ) -> bool:
+        """Moves an ANY-routed schedule from agent `expected` to `agent_id`; False when it
+        was no longer on `expected`."""
+
+    async def schedule_runs(self, schedule_id: int, after_id: int, limit: int) -> list[Task]:
+        """The tasks created by the schedule's runs, in id order."""
+
+
+class Store(AccountStore, AgentStore, TaskStore, JobStore, ScheduleStore, Protocol):
     """Everything the engine keeps."""
 
     async def close(self) -> None: ...

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 from taskfleet.core import errors
-from taskfleet.core.agents import agent_channel
+from taskfleet.core.agents import agent_channel, check_labels
 from taskfleet.core.models import (
     Agent,
     JSONValue,
@@ -38,6 +38,8 @@ MAX_PAYLOAD_BYTES = 1024 * 1024
 MAX_LOG_CHUNK_BYTES = 256 * 1024
 MAX_BATCH = 10_000
 MAX_PRIORITY = 1_000_000
+#: Failed tasks of one job and type after which an agent is blacklisted for them.
+BLACKLIST_THRESHOLD = 3
 
 
 def task_channel(task_id: int) -> str:
@@ -67,7 +69,9 @@ def check_new_task(task: NewTask) -> NewTask:
         raise errors.Invalid(f"a {task.target_kind.value} target needs a name")
     _json_size(task.payload, "a payload", MAX_PAYLOAD_BYTES)
     if task.target_kind is TargetKind.TAGS:
-        tags = sorted({t.strip() for t in task.target.split(",") if t.strip()})
+        tags = check_labels([t.strip() for t in task.target.split(",") if t.strip()], "tags")
+        if not tags:
+            raise errors.Invalid("a tags target needs at least one tag")
         task = replace(task, target=",".join(tags))
     return task
 
@@ -81,8 +85,10 @@ class TaskService:
         lease_seconds: float = LEASE_SECONDS,
         poll_interval: float = POLL_INTERVAL_SECONDS,
         on_claim: Callable[[Task], None] | None = None,
+        blacklist_threshold: int = BLACKLIST_THRESHOLD,
     ) -> None:
         self._store = store
+        self.blacklist_threshold = blacklist_threshold
         self._on_claim = on_claim
         self._bus = bus
         self._clock = clock
@@ -123,6 +129,8 @@ class TaskService:
             g.name for g in await self._store.list_groups()
         }:
             raise errors.NotFound(f"no group named {task.target!r}")
+        if task.job_id is not None and await self._store.get_job(task.job_id) is None:
+            raise errors.NotFound(f"no job {task.job_id}")
 
     @staticmethod
     def _wake_channels(tasks: Sequence[Task]) -> set[str]:
@@ -208,27 +216,68 @@ class TaskService:
             agent = await self._store.get_agent_by_id(agent.id) or agent
 
     async def heartbeat(
-        self, agent: Agent, task_id: int, attempt: int, progress: Progress | None = None
+        self,
+        agent: Agent,
+        task_id: int,
+        attempt: int,
+        progress: Progress | None = None,
+        lease_seconds: float | None = None,
     ) -> Task:
         """Extends the lease of the current attempt, recording progress if given.
 
-        Raises `Conflict` when the attempt is not current (the agent should stop working).
+        `lease_seconds` overrides the default lease, as for `claim`. Raises `Conflict`
+        when the attempt is not current (the agent should stop working).
         """
         now = self._clock.now()
+        lease = self.lease_seconds if lease_seconds is None else lease_seconds
         return await self._store.extend_lease(
-            task_id, agent.id, attempt, now + self.lease_seconds, progress, now
+            task_id, agent.id, attempt, now + lease, progress, now
         )
 
     async def complete(self, agent: Agent, task_id: int, attempt: int, result: JSONValue) -> Task:
-        """Records the result. Refuses a stale attempt with `Conflict`; a repeated result
-        for the current attempt is accepted once."""
+        """Records the result. Refuses a stale attempt with `Conflict`; the same result
+        repeated for the current attempt is accepted once (a different one is a `Conflict`)."""
         _json_size(result, "a result", MAX_PAYLOAD_BYTES)
         return await self._finish(agent, task_id, attempt, TaskStatus.COMPLETED, result, None)
 
     async def fail(self, agent: Agent, task_id: int, attempt: int, message: str) -> Task:
-        """Records the attempt as failed with the agent's message (same rules as `complete`)."""
+        """Records the attempt as failed with the agent's message (same rules as `complete`).
+
+        A task with a `fail_limit` above 1 "soft-fails": it goes back to the queue for
+        agents that have not failed it, until that many agents failed it or none is left.
+        Agents that fail too many tasks of a job's type are blacklisted for them.
+        """
         error = str(message)[:10_000] or "the agent reported a failure without a message"
-        return await self._finish(agent, task_id, attempt, TaskStatus.FAILED, None, error)
+        task = await self._store.get_task(task_id)
+        candidates = await self._candidates(task) if task and task.fail_limit > 1 else ()
+        task, recorded = await self._store.fail_task(
+            task_id,
+            agent.id,
+            attempt,
+            error,
+            self._clock.now(),
+            blacklist_threshold=self.blacklist_threshold,
+            candidates=candidates,
+        )
+        if recorded:
+            requeued = [task] if task.status is TaskStatus.QUEUED else []
+            await self._bus.notify(self._wake_channels(requeued) | {task_channel(task_id)})
+        return task
+
+    async def _candidates(self, task: Task) -> list[int]:
+        """The agents that could take the task if it went back to the queue."""
+        return [
+            a.id
+            for a in await self._store.list_agents()
+            if a.enabled and (not a.task_types or task.type in a.task_types)
+        ]
+
+    async def release(self, agent: Agent, task_id: int, attempt: int) -> Task:
+        """The agent gives its current attempt back (it stops without a verdict): the task
+        goes back to the queue. Raises `NotFound`, or `Conflict` for a stale attempt."""
+        task = await self._store.release_task(task_id, agent.id, attempt, self._clock.now())
+        await self._bus.notify(self._wake_channels([task]) | {task_channel(task_id)})
+        return task
 
     async def confirm_cancel(self, agent: Agent, task_id: int, attempt: int) -> Task:
         return await self._finish(agent, task_id, attempt, TaskStatus.CANCELLED, None, "cancelled")

@@ -29,7 +29,9 @@ async def _groups_of(conn: Conn, agent_ids: Sequence[int]) -> dict[int, list[str
 
 
 class AgentQueries(Base):
-    async def add_agent(self, name: str, account_id: int | None, now: float) -> Agent:
+    async def add_agent(
+        self, name: str, account_id: int | None, now: float, runs_schedules: bool = False
+    ) -> Agent:
         async with self._write() as conn:
             row = (
                 await conn.execute(
@@ -42,6 +44,7 @@ class AgentQueries(Base):
                         status=AgentStatus.OFFLINE.value,
                         metadata={},
                         created_at=now,
+                        runs_schedules=runs_schedules,
                     )
                     .returning(agents)
                 )

@@ -21,6 +21,7 @@ from taskfleet.core.models import (
     Account,
     Agent,
     AgentStatus,
+    NewTask,
     Progress,
     Role,
     TargetKind,
@@ -28,6 +29,9 @@ from taskfleet.core.models import (
     TaskStatus,
 )
 
+#: A safety net: services validate input, but a value the database still refuses (too
+#: long, out of range) is the caller's error, not the server's.
+DATA_ERROR = "a value is too long or out of range for the database"
 Params = dict[str, Any] | list[dict[str, Any]] | None
 
 
@@ -70,16 +74,21 @@ class Base:
                         yield Conn(conn)
             except exc.IntegrityError as error:
                 raise errors.Conflict("that conflicts with an existing record") from error
+            except exc.DataError as error:
+                raise errors.Invalid(DATA_ERROR) from error
 
     @contextlib.asynccontextmanager
     async def _read(self) -> AsyncIterator[Conn]:
-        if isinstance(self.engine, AsyncEngine):
-            async with self.engine.connect() as aconn:
-                yield Conn(aconn)
-        else:
-            with self.engine.connect() as conn:
-                conn.execution_options(sqlite_begin="DEFERRED")
-                yield Conn(conn)
+        try:
+            if isinstance(self.engine, AsyncEngine):
+                async with self.engine.connect() as aconn:
+                    yield Conn(aconn)
+            else:
+                with self.engine.connect() as conn:
+                    conn.execution_options(sqlite_begin="DEFERRED")
+                    yield Conn(conn)
+        except exc.DataError as error:
+            raise errors.Invalid(DATA_ERROR) from error
 
     async def close(self) -> None:
         if isinstance(self.engine, AsyncEngine):
@@ -119,6 +128,7 @@ def to_agent(row: Row[Any], groups: tuple[str, ...] = ()) -> Agent:
         enabled=row.enabled,
         metadata=row._mapping["metadata"] or {},
         created_at=row.created_at,
+        runs_schedules=row.runs_schedules,
     )
 
 
@@ -142,8 +152,31 @@ def to_task(row: Row[Any]) -> Task:
         result=row.result,
         error=row.error,
         job_id=row.job_id,
+        job_priority=row.job_priority,
+        fail_limit=row.fail_limit,
         created_at=row.created_at,
         updated_at=row.updated_at,
         claimed_at=row.claimed_at,
         finished_at=row.finished_at,
     )
+
+
+def task_row(t: NewTask, now: float) -> dict[str, Any]:
+    """The row that queues a new task (the inverse of `to_task`)."""
+    return {
+        "job_id": t.job_id,
+        "type": t.type,
+        "payload": t.payload,
+        "target_kind": t.target_kind.value,
+        "target": t.target,
+        "priority": t.priority,
+        "job_priority": t.job_priority,
+        "fail_limit": t.fail_limit,
+        "status": TaskStatus.QUEUED.value,
+        "attempt": 0,
+        "max_attempts": t.max_attempts,
+        "timeout_seconds": t.timeout_seconds,
+        "activity": "",
+        "created_at": now,
+        "updated_at": now,
+    }

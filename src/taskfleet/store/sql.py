@@ -5,10 +5,15 @@ from __future__ import annotations
 from taskfleet.store.accounts import AccountQueries
 from taskfleet.store.agents import AgentQueries
 from taskfleet.store.engine import migrate, open_engine
+from taskfleet.store.jobs import JobQueries
+from taskfleet.store.outputs import OutputQueries
+from taskfleet.store.schedules import ScheduleQueries
 from taskfleet.store.tasks import TaskQueries
 
 
-class SqlStore(AccountQueries, AgentQueries, TaskQueries):
+class SqlStore(
+    AccountQueries, AgentQueries, TaskQueries, JobQueries, OutputQueries, ScheduleQueries
+):
     """Implements `taskfleet.core.ports.Store`."""
 
 

@@ -16,6 +16,8 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
+    false,
 )
 
 metadata = MetaData(
@@ -80,6 +82,9 @@ agents = Table(
     Column("enabled", Boolean, nullable=False, default=True),
     Column("metadata", Json, nullable=False),
     Column("created_at", Float, nullable=False),
+    # A server default lets migration 0003 add it without rebuilding the table (a rebuild
+    # on SQLite would cascade-delete the agents' events and group memberships).
+    Column("runs_schedules", Boolean, nullable=False, default=False, server_default=false()),
 )
 
 groups = Table(
@@ -118,6 +123,10 @@ tasks = Table(
     Column("target_kind", String(16), nullable=False),
     Column("target", String(1024), nullable=False, default=""),
     Column("priority", Integer, nullable=False, default=0),
+    # Server defaults let migration 0002 add these to existing rows without rebuilding
+    # the table (a rebuild on SQLite would cascade-delete every task's logs).
+    Column("job_priority", Integer, nullable=False, default=0, server_default="0"),
+    Column("fail_limit", Integer, nullable=False, default=1, server_default="1"),
     Column("status", String(32), nullable=False),
     Column("attempt", Integer, nullable=False, default=0),
     Column("max_attempts", Integer, nullable=False, default=3),
@@ -133,9 +142,54 @@ tasks = Table(
     Column("updated_at", Float, nullable=False),
     Column("claimed_at", Float),
     Column("finished_at", Float),
-    # The claim query walks this index in (priority desc, id) order among queued tasks.
-    Index("ix_tasks_queue", "status", "priority", "id"),
+    # The claim query walks this index in (job priority desc, priority desc, id) order
+    # among queued tasks.
+    Index("ix_tasks_queue", "status", "job_priority", "priority", "id"),
     Index("ix_tasks_lease", "status", "lease_expires"),
+)
+
+#: A task is claimable only once every parent has completed (a job's dependencies).
+task_parents = Table(
+    "task_parents",
+    metadata,
+    Column("task_id", Id, ForeignKey("tasks.id", ondelete="CASCADE"), primary_key=True),
+    Column(
+        "parent_id", Id, ForeignKey("tasks.id", ondelete="CASCADE"), primary_key=True, index=True
+    ),
+)
+
+#: Which agent failed which attempt; those agents are not offered the task again.
+task_failures = Table(
+    "task_failures",
+    metadata,
+    Column("task_id", Id, ForeignKey("tasks.id", ondelete="CASCADE"), primary_key=True),
+    Column("attempt", Integer, primary_key=True),
+    Column("agent_id", Id, nullable=False, index=True),
+    Column("time", Float, nullable=False),
+    Column("error", Text, nullable=False),
+)
+
+#: Agents that failed too many tasks of a job's task type no longer get them.
+job_blacklist = Table(
+    "job_blacklist",
+    metadata,
+    Column("job_id", Id, ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True),
+    Column("task_type", String(128), primary_key=True),
+    Column("agent_id", Id, ForeignKey("agents.id", ondelete="CASCADE"), primary_key=True),
+    Column("created_at", Float, nullable=False),
+)
+
+#: Files produced by a job's tasks, newest kept up to a bound per job.
+job_outputs = Table(
+    "job_outputs",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("job_id", Id, ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False),
+    Column("task_id", Id),
+    Column("agent_id", Id),
+    Column("time", Float, nullable=False),
+    Column("data", Json),
+    Index("ix_job_outputs_job_id_id", "job_id", "id"),
 )
 
 task_logs = Table(
@@ -165,4 +219,54 @@ events = Table(
     Column("time", Float, nullable=False),
     Column("data", Json),
     Index("ix_events_agent_id_id", "agent_id", "id"),
+)
+
+#: Task definitions that run every `interval` seconds on the agents their route selects.
+schedules = Table(
+    "schedules",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("name", String(255), nullable=False, unique=True),
+    Column("type", String(128), nullable=False),
+    Column("config", Json, nullable=False),
+    Column("interval", Integer, nullable=False),
+    Column("route_kind", String(16), nullable=False),
+    Column("enabled", Boolean, nullable=False),
+    # The agent an `any` route runs on now (None while no agent was online).
+    Column("assigned_agent_id", Id, ForeignKey("agents.id", ondelete="SET NULL"), index=True),
+    Column("next_run", Float, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Index("ix_schedules_due", "enabled", "next_run"),
+)
+
+#: The tags of a `tags` route: agents with at least one of them are selected.
+schedule_tags = Table(
+    "schedule_tags",
+    metadata,
+    Column("schedule_id", Id, ForeignKey("schedules.id", ondelete="CASCADE"), primary_key=True),
+    Column("tag", String(64), primary_key=True, index=True),
+)
+
+#: The agents of an `agents` route (deleting an agent takes it off the route).
+schedule_agents = Table(
+    "schedule_agents",
+    metadata,
+    Column("schedule_id", Id, ForeignKey("schedules.id", ondelete="CASCADE"), primary_key=True),
+    Column(
+        "agent_id", Id, ForeignKey("agents.id", ondelete="CASCADE"), primary_key=True, index=True
+    ),
+)
+
+#: One row per task a schedule's run created; unique per run and agent, so that a run is
+#: started once even if two replicas race (the compare-and-set on `next_run` decides first).
+schedule_runs = Table(
+    "schedule_runs",
+    metadata,
+    Column("task_id", Id, ForeignKey("tasks.id", ondelete="CASCADE"), primary_key=True),
+    Column("schedule_id", Id, ForeignKey("schedules.id", ondelete="CASCADE"), nullable=False),
+    Column("agent_id", Id, ForeignKey("agents.id", ondelete="CASCADE"), nullable=False),
+    Column("due", Float, nullable=False),
+    UniqueConstraint("schedule_id", "due", "agent_id"),
+    Index("ix_schedule_runs_schedule_id_agent_id", "schedule_id", "agent_id"),
 )

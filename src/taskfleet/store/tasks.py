@@ -25,7 +25,8 @@ from taskfleet.core.models import (
     TaskFilter,
     TaskStatus,
 )
-from taskfleet.store.base import Base, Conn, to_task
+from taskfleet.store.base import Base, Conn, task_row, to_task
+from taskfleet.store.jobs import forget_failures, runnable_by
 from taskfleet.store.tables import jobs, task_logs, task_outputs, tasks
 
 RUNNING = (TaskStatus.ACTIVE.value, TaskStatus.CANCEL_REQUESTED.value)
@@ -59,7 +60,7 @@ def _eligible(agent: Agent) -> ColumnElement[bool]:
     condition = and_(tasks.c.status == TaskStatus.QUEUED.value, or_(*targets))
     if agent.task_types:
         condition = and_(condition, tasks.c.type.in_(agent.task_types))
-    return condition
+    return and_(condition, runnable_by(agent))
 
 
 def _filtered(query: TaskFilter) -> Select[Any]:
@@ -79,24 +80,7 @@ def _filtered(query: TaskFilter) -> Select[Any]:
 
 class TaskQueries(Base):
     async def add_tasks(self, new: Sequence[NewTask], now: float) -> list[Task]:
-        rows = [
-            {
-                "job_id": t.job_id,
-                "type": t.type,
-                "payload": t.payload,
-                "target_kind": t.target_kind.value,
-                "target": t.target,
-                "priority": t.priority,
-                "status": TaskStatus.QUEUED.value,
-                "attempt": 0,
-                "max_attempts": t.max_attempts,
-                "timeout_seconds": t.timeout_seconds,
-                "activity": "",
-                "created_at": now,
-                "updated_at": now,
-            }
-            for t in new
-        ]
+        rows = [task_row(t, now) for t in new]
         async with self._write() as conn:
             result = await conn.execute(
                 insert(tasks).returning(tasks, sort_by_parameter_order=True), rows
@@ -125,7 +109,7 @@ class TaskQueries(Base):
         best = (
             select(tasks.c.id)
             .where(_eligible(agent))
-            .order_by(tasks.c.priority.desc(), tasks.c.id)
+            .order_by(tasks.c.job_priority.desc(), tasks.c.priority.desc(), tasks.c.id)
             .limit(1)
         )
         # Most claims find nothing (idle agents polling): answer those with a read, which
@@ -245,6 +229,8 @@ class TaskQueries(Base):
                 and task.lease_owner == agent_id
                 and task.attempt == attempt
                 and task.status is status
+                and task.result == result
+                and task.error == error
             ):
                 return task, False
             raise await self._stale(conn, task_id, attempt)
@@ -306,6 +292,7 @@ class TaskQueries(Base):
                 if task is None:
                     raise errors.NotFound(f"no task {task_id}")
                 raise errors.Conflict(f"task {task_id} is {task.status.value}, not finished")
+            await forget_failures(conn, [task_id])  # a fresh start: every agent may try again
         return to_task(row)
 
     async def release_agent_tasks(self, agent_id: int, now: float) -> list[Task]:

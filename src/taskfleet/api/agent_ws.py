@@ -1,0 +1,492 @@
+"""The native agent protocol over a websocket at /api/v1/agent/ws (docs/agent-protocol.md).
+
+One `Connection` per socket. It authenticates (HTTP Basic on the upgrade, or name and
+secret in the first `hello`), then runs three named tasks until one of them ends: the
+reader handles the agent's requests and responses in order; the pusher claims work while
+the agent has free slots and sends `task.run`, and sends `task.cancel` and `status_change`
+as they come up; the pinger pings and closes a connection that stays silent too long.
+The `Hub` (api/agent_hub.py) counts live connections and requeues a lost agent's tasks.
+
+Domain errors become `error` responses; protocol violations and unexpected failures become
+`fatal_error` and a close. Nothing an agent sends can take the server down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+from collections.abc import Coroutine
+from typing import Any
+
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected
+
+from taskfleet import __version__
+from taskfleet.agent import protocol as wire
+from taskfleet.api.agent_hub import Hub
+from taskfleet.api.auth import basic_credentials
+from taskfleet.api.problems import problem
+from taskfleet.core import errors
+from taskfleet.core.agents import agent_channel
+from taskfleet.core.models import Agent, AgentStatus, Principal, Progress, Task, TaskFilter
+from taskfleet.core.models import TaskStatus as TS
+from taskfleet.core.tasks import QUEUE_CHANNEL
+from taskfleet.services import Services
+
+log = logging.getLogger(__name__)
+
+WS_PATH = wire.WS_PATH
+HELLO_TIMEOUT_SECONDS = 10.0
+MAX_UNANSWERED = 1000  #: requests awaiting the agent's response before we give up on it
+MAX_CONCURRENCY = 1000
+CANCEL_SCAN = 100  #: cancel-requested tasks looked at per wake-up
+GONE = (WebSocketDisconnect, WebSocketDisconnected)
+#: The agent's requests, by method, to the `Connection` method serving each.
+METHODS = {
+    "capacity": "_on_capacity",
+    "task_status": "_on_task_status",
+    "log": "_on_log",
+    "output": "_on_output",
+    "event": "_on_event",
+    "ping": "_on_ping",
+    "sign_off": "_on_sign_off",
+}
+
+
+class Connection:
+    """One agent's websocket: lean per-connection state, three named tasks."""
+
+    __slots__ = (
+        "_cancels_sent",
+        "_concurrency",
+        "_found",
+        "_heard",
+        "_hub",
+        "_idle_sent",
+        "_ids",
+        "_in_flight",
+        "_kick",
+        "_limit",
+        "_pending",
+        "_refresh",
+        "_refreshed_at",
+        "_send_lock",
+        "_status_sent",
+        "_ws",
+        "agent",
+    )
+
+    def __init__(self, ws: WebSocket, found: Services, hub: Hub) -> None:
+        self._ws = ws
+        self._found = found
+        self._hub = hub
+        self._limit = found.settings.agent_max_message_bytes
+        self.agent: Agent | None = None
+        self._concurrency = 0
+        self._in_flight: dict[int, int] = {}  #: task id -> attempt pushed and not finished
+        self._cancels_sent: set[tuple[int, int]] = set()
+        self._status_sent: AgentStatus | None = None
+        self._idle_sent = False
+        #: our requests awaiting the agent's response: id -> (method, task id, attempt)
+        self._pending: dict[str, tuple[str, int, int]] = {}
+        self._ids = itertools.count(1)
+        self._kick = asyncio.Event()
+        self._refresh = False
+        self._refreshed_at = 0.0
+        self._send_lock = asyncio.Lock()
+        self._heard = time.monotonic()
+
+    # -- lifetime -------------------------------------------------------------------------
+
+    async def serve(self, principal: Principal | None) -> None:
+        try:
+            agent = await self._greet(principal)
+        except wire.ProtocolError as exc:
+            await self._fatal(str(exc))
+            return
+        except errors.Error as exc:
+            await self._fatal(exc.message)
+            return
+        except GONE:
+            return
+        self._hub.attach(agent)
+        try:
+            await self._run_loops(agent.name)
+        finally:
+            await self._hub.detach(agent)
+
+    async def _run_loops(self, name: str) -> None:
+        loops = [
+            asyncio.create_task(
+                self._guard(self._read_forever()), name=f"taskfleet-ws-read:{name}"
+            ),
+            asyncio.create_task(
+                self._guard(self._push_forever()), name=f"taskfleet-ws-push:{name}"
+            ),
+            asyncio.create_task(
+                self._guard(self._ping_forever()), name=f"taskfleet-ws-ping:{name}"
+            ),
+        ]
+        try:
+            await asyncio.wait(loops, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for loop in loops:
+                loop.cancel()
+            await asyncio.gather(*loops, return_exceptions=True)
+            with contextlib.suppress(Exception):
+                await self._ws.close()
+
+    async def _guard(self, loop: Coroutine[Any, Any, None]) -> None:
+        """Ends one loop cleanly: a violation or failure closes the connection, nothing more."""
+        try:
+            await loop
+        except wire.ProtocolError as exc:
+            await self._fatal(str(exc))
+        except errors.Error as exc:
+            await self._fatal(exc.message)
+        except GONE:
+            pass
+        except Exception:
+            log.exception("agent connection failed", extra={"action": "agent_ws_error"})
+            await self._fatal("internal error; the server log has the details", code=1011)
+
+    async def _fatal(self, message: str, code: int = 1008) -> None:
+        name = self.agent.name if self.agent else "?"
+        log.info("closing agent %s: %s", name, message, extra={"action": "agent_ws_fatal"})
+        with contextlib.suppress(Exception):
+            await self._send(wire.fatal(message))
+            await self._ws.close(code)
+
+    # -- framing ------------------------------------------------------------------------
+
+    async def _receive(self) -> wire.Frame:
+        message = await self._ws.receive()
+        if message["type"] == "websocket.disconnect":
+            raise WebSocketDisconnect(message.get("code", 1000))
+        self._heard = time.monotonic()
+        text = message.get("text")
+        return wire.decode(text if text is not None else message.get("bytes") or b"", self._limit)
+
+    async def _send(self, text: str) -> None:
+        async with self._send_lock:
+            await self._ws.send_text(text)
+
+    async def _request(self, method: str, params: dict[str, Any]) -> None:
+        if len(self._pending) >= MAX_UNANSWERED:
+            raise wire.ProtocolError("protocol violation: too many requests left unanswered.")
+        msg_id = f"s{next(self._ids)}"
+        self._pending[msg_id] = (method, params.get("task_id", 0), params.get("attempt", 0))
+        await self._send(wire.request(msg_id, method, params))
+
+    # -- hello --------------------------------------------------------------------------
+
+    async def _greet(self, principal: Principal | None) -> Agent:
+        try:
+            frame = await asyncio.wait_for(self._receive(), HELLO_TIMEOUT_SECONDS)
+        except TimeoutError:
+            raise wire.ProtocolError("protocol violation: no hello received in time.") from None
+        if not isinstance(frame, wire.Request) or frame.method != "hello":
+            raise wire.ProtocolError("protocol violation: the first message must be a hello.")
+        p = wire.Params("hello", frame.params)
+        principal = await self._authenticate(principal, p)
+        agents = self._found.agents
+        agent = await agents.for_principal(principal)
+        self.agent = agent = await agents.hello(
+            agent,
+            version=p.text("version", ""),
+            platform=p.text("platform", ""),
+            task_types=p.strings("task_types"),
+            tags=p.strings("tags"),
+        )
+        self._concurrency = self._checked_concurrency(p)
+        for item in p.value("running", []) or []:
+            held = wire.Params("hello.running", item if isinstance(item, dict) else {})
+            self._in_flight[held.integer("task_id")] = held.integer("attempt")
+        await self._send(wire.result(frame.id, self._welcome(agent)))
+        await self._request("status", {})
+        return agent
+
+    def _welcome(self, agent: Agent) -> dict[str, Any]:
+        settings = self._found.settings
+        return {
+            "agent": agent.name,
+            "server_version": __version__,
+            "ping_interval": settings.agent_ping_interval,
+            "idle_timeout": settings.agent_idle_timeout,
+            "lease_seconds": self._found.tasks.lease_seconds,
+        }
+
+    async def _authenticate(self, principal: Principal | None, p: wire.Params) -> Principal:
+        name, secret = p.text("name", ""), p.text("secret", "")
+        if principal is None:
+            if not name or not secret:
+                raise errors.Unauthorized(
+                    "send HTTP Basic credentials with the upgrade, or name and secret in hello"
+                )
+            return await self._found.accounts.authenticate(name, secret)
+        if name and name != principal.name:
+            raise errors.Unauthorized("the name in hello does not match the credentials")
+        return principal
+
+    @staticmethod
+    def _checked_concurrency(p: wire.Params) -> int:
+        value = p.integer("concurrency", 1)
+        if not 0 <= value <= MAX_CONCURRENCY:
+            raise wire.ProtocolError(f"concurrency must be between 0 and {MAX_CONCURRENCY}")
+        return value
+
+    # -- the reader: the agent's requests, and its responses to ours -----------------------
+
+    async def _read_forever(self) -> None:
+        while True:
+            frame = await self._receive()
+            if isinstance(frame, wire.Fatal):
+                log.info("agent sent fatal_error: %s", frame.message, extra={"action": "agent_ws"})
+                return
+            if isinstance(frame, wire.Response):
+                await self._on_response(frame)
+            else:
+                await self._on_request(frame)
+
+    async def _on_request(self, frame: wire.Request) -> None:
+        if frame.method == "hello":
+            raise wire.ProtocolError("protocol violation: hello was already sent.")
+        if frame.method not in METHODS:
+            raise wire.ProtocolError(f"unknown message method {frame.method!r}.")
+        handler = getattr(self, METHODS[frame.method])
+        try:
+            value = await handler(wire.Params(frame.method, frame.params))
+        except errors.Error as exc:
+            await self._send(wire.error(frame.id, exc.message, wire.code_of(exc)))
+            return
+        await self._send(wire.result(frame.id, value))
+
+    async def _on_response(self, frame: wire.Response) -> None:
+        pending = self._pending.pop(frame.id, None)
+        if pending is None:
+            raise wire.ProtocolError("protocol violation: unknown message id referenced.")
+        method, task_id, attempt = pending
+        result = frame.result if isinstance(frame.result, dict) else {}
+        if not frame.ok:
+            log.info("agent answered %s with an error: %s", method, frame.message)
+            if method == "task.run":
+                self._forget(task_id)  # its lease runs out and it is requeued
+        elif method == "task.cancel" and result.get("running") is False:
+            await self._confirm_cancel(task_id, attempt)
+        elif method == "status_change":
+            await self._acknowledge(result.get("status"))
+        elif method == "status":
+            name = self.agent.name if self.agent else "?"
+            log.debug("agent %s status: %s", name, result, extra={"action": "agent_status"})
+
+    async def _confirm_cancel(self, task_id: int, attempt: int) -> None:
+        """The agent does not run it (any more): nobody else will confirm the cancel."""
+        assert self.agent is not None
+        self._forget(task_id)
+        with contextlib.suppress(errors.Conflict, errors.NotFound):
+            await self._found.tasks.confirm_cancel(self.agent, task_id, attempt)
+
+    async def _acknowledge(self, status: object) -> None:
+        assert self.agent is not None
+        try:
+            applied = AgentStatus(str(status))
+        except ValueError:
+            raise wire.ProtocolError(f"status_change answered with {status!r}") from None
+        current = await self._found.agents.get(self.agent.name)
+        self.agent = await self._found.agents.acknowledge_status(current, applied)
+        self._wake(refresh=True)
+
+    def _forget(self, task_id: int) -> None:
+        if self._in_flight.pop(task_id, None) is not None:
+            self._wake()
+
+    def _wake(self, refresh: bool = False) -> None:
+        self._refresh = self._refresh or refresh
+        self._kick.set()
+
+    # -- agent -> server methods ----------------------------------------------------------
+
+    async def _on_capacity(self, p: wire.Params) -> dict[str, Any]:
+        self._concurrency = self._checked_concurrency(p)
+        self._wake()
+        return {"concurrency": self._concurrency}
+
+    async def _on_task_status(self, p: wire.Params) -> dict[str, Any]:
+        assert self.agent is not None
+        task_id, attempt, state = p.integer("task_id"), p.integer("attempt"), p.text("state")
+        tasks = self._found.tasks
+        try:
+            if state == "running":
+                task = await tasks.heartbeat(self.agent, task_id, attempt, _progress(p))
+                cancelling = task.status is TS.CANCEL_REQUESTED
+                return {"status": task.status.value, "cancel_requested": cancelling}
+            if state == "complete":
+                task = await tasks.complete(self.agent, task_id, attempt, p.value("result", None))
+            elif state == "error":
+                task = await tasks.fail(self.agent, task_id, attempt, p.text("msg", ""))
+            elif state == "cancelled":
+                task = await tasks.confirm_cancel(self.agent, task_id, attempt)
+            else:
+                raise p.invalid("state", "one of running, complete, error, cancelled")
+        except (errors.Conflict, errors.NotFound):
+            self._forget(task_id)
+            raise
+        self._forget(task_id)
+        return {"status": task.status.value}
+
+    async def _on_log(self, p: wire.Params) -> dict[str, Any]:
+        assert self.agent is not None
+        task_id = p.integer("task_id")
+        try:
+            await self._found.tasks.log(self.agent, task_id, p.integer("attempt"), p.text("text"))
+        except errors.Conflict:
+            self._forget(task_id)
+            raise
+        return {}
+
+    async def _on_output(self, p: wire.Params) -> dict[str, Any]:
+        assert self.agent is not None
+        task_id, attempt = p.integer("task_id"), p.integer("attempt")
+        output = await self._found.tasks.add_output(self.agent, task_id, attempt, p.value("data"))
+        return {"id": output.id}
+
+    async def _on_event(self, p: wire.Params) -> dict[str, Any]:
+        assert self.agent is not None
+        event = await self._found.agents.post_event(self.agent, p.value("data"))
+        return {"id": event.id}
+
+    async def _on_ping(self, p: wire.Params) -> dict[str, Any]:
+        return p.raw
+
+    async def _on_sign_off(self, p: wire.Params) -> dict[str, Any]:
+        assert self.agent is not None
+        self._concurrency = 0
+        self._in_flight.clear()
+        released = await self._found.tasks.sign_off(self.agent)
+        return {"released": [t.id for t in released]}
+
+    # -- the pusher ---------------------------------------------------------------------
+
+    async def _push_forever(self) -> None:
+        assert self.agent is not None
+        channels = [QUEUE_CHANNEL, agent_channel(self.agent.name)]
+        poll = self._found.tasks.poll_interval
+        refresh = True
+        while True:
+            # A busy agent is woken by its own results, never by the bus: re-read anyway
+            # once per poll interval, so cancels and status changes still get through.
+            if refresh or self._refresh or time.monotonic() - self._refreshed_at >= poll:
+                self._refresh = False
+                self._refreshed_at = time.monotonic()
+                await self._control()
+            await self._fill()
+            refresh = await self._wait(channels)
+
+    async def _wait(self, channels: list[str]) -> bool:
+        """Sleeps until a wake-up; True when it came from the bus or the poll interval
+        (re-read the agent), False when a local kick freed a slot."""
+        if self._kick.is_set():
+            self._kick.clear()
+            return False
+        bus = asyncio.ensure_future(self._found.bus.wait(channels, self._found.tasks.poll_interval))
+        kicked = asyncio.ensure_future(self._kick.wait())
+        try:
+            done, _ = await asyncio.wait({bus, kicked}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            bus.cancel()
+            kicked.cancel()
+        self._kick.clear()
+        return bus in done
+
+    async def _control(self) -> None:
+        """Re-reads the agent; sends a pending status change and new cancel requests."""
+        assert self.agent is not None
+        self.agent = agent = await self._found.agents.get(self.agent.name)
+        wanted = agent.requested_status
+        if wanted is not None and wanted is not self._status_sent:
+            await self._request(
+                "status_change", {"status": wanted.value, "lazy": agent.requested_lazy}
+            )
+        self._status_sent = wanted
+        query = TaskFilter(status=TS.CANCEL_REQUESTED, agent_id=agent.id, limit=CANCEL_SCAN)
+        current = {(t.id, t.attempt) for t in await self._found.tasks.find(query)}
+        self._cancels_sent &= current
+        for task_id, attempt in sorted(current - self._cancels_sent):
+            self._cancels_sent.add((task_id, attempt))
+            await self._request("task.cancel", {"task_id": task_id, "attempt": attempt})
+
+    async def _fill(self) -> None:
+        """Claims and pushes tasks while the agent has free slots and may take work."""
+        assert self.agent is not None
+        while len(self._in_flight) < self._concurrency and self._takes_work(self.agent):
+            task = await self._found.tasks.claim(self.agent)
+            if task is None:
+                if not self._in_flight and not self._idle_sent:
+                    self._idle_sent = True
+                    await self._request("idle", {})
+                return
+            self._idle_sent = False
+            self._in_flight[task.id] = task.attempt
+            await self._request("task.run", self._run_params(task))
+
+    @staticmethod
+    def _takes_work(agent: Agent) -> bool:
+        return agent.enabled and agent.status is AgentStatus.AWAKE
+
+    def _run_params(self, task: Task) -> dict[str, Any]:
+        lease = self._found.tasks.lease_seconds
+        return {
+            "task_id": task.id,
+            "attempt": task.attempt,
+            "type": task.type,
+            "payload": task.payload,
+            "lease_seconds": lease,
+            "timeout_seconds": task.timeout_seconds,
+        }
+
+    # -- the pinger -----------------------------------------------------------------------
+
+    async def _ping_forever(self) -> None:
+        assert self.agent is not None
+        interval = self._found.settings.agent_ping_interval
+        timeout = self._found.settings.agent_idle_timeout
+        while True:
+            await asyncio.sleep(interval)
+            silent = time.monotonic() - self._heard
+            if silent > timeout:
+                raise wire.ProtocolError(f"no message for {silent:.1f} s (timeout {timeout:g} s)")
+            await self._request("ping", {})
+            self.agent = await self._found.agents.seen(self.agent)
+
+
+def _progress(p: wire.Params) -> Progress:
+    percent, eta = p.number("percent"), p.number("eta")
+    if percent is not None and not 0 <= percent <= 100:
+        raise errors.Invalid("percent must be between 0 and 100")
+    if eta is not None and eta < 0:
+        raise errors.Invalid("eta must not be negative")
+    return Progress(percent=percent, eta=eta, activity=p.text("activity", "")[:1000])
+
+
+async def _basic_principal(ws: WebSocket, found: Services) -> Principal | None:
+    scheme, _, value = ws.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "basic" or not value.strip():
+        return None
+    return await found.accounts.authenticate(*basic_credentials(value.strip()))
+
+
+async def endpoint(websocket: WebSocket) -> None:
+    """The route: refuses bad Basic credentials with 401 before upgrading."""
+    found: Services = websocket.app.state.services
+    try:
+        principal = await _basic_principal(websocket, found)
+    except errors.Unauthorized as exc:
+        if "websocket.http.response" in websocket.scope.get("extensions", {}):
+            await websocket.send_denial_response(problem(401, exc.message))
+        else:
+            await websocket.close(1008, exc.message)
+        return
+    await websocket.accept()
+    await Connection(websocket, found, websocket.app.state.agent_hub).serve(principal)
