@@ -25,14 +25,15 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDiscon
 
 from taskfleet import __version__
 from taskfleet.agent import protocol as wire
-from taskfleet.api.agent_hub import Hub
+from taskfleet.api import loops
+from taskfleet.api.agent_hub import Hub, wake_or_kick
 from taskfleet.api.auth import basic_credentials
 from taskfleet.api.problems import problem
 from taskfleet.core import errors
 from taskfleet.core.agents import agent_channel
 from taskfleet.core.models import Agent, AgentStatus, Principal, Progress, Task, TaskFilter
 from taskfleet.core.models import TaskStatus as TS
-from taskfleet.core.tasks import QUEUE_CHANNEL
+from taskfleet.core.tasks import QUEUE_CHANNEL, check_progress
 from taskfleet.services import Services
 
 log = logging.getLogger(__name__)
@@ -118,23 +119,15 @@ class Connection:
             await self._hub.detach(agent)
 
     async def _run_loops(self, name: str) -> None:
-        loops = [
-            asyncio.create_task(
-                self._guard(self._read_forever()), name=f"taskfleet-ws-read:{name}"
-            ),
-            asyncio.create_task(
-                self._guard(self._push_forever()), name=f"taskfleet-ws-push:{name}"
-            ),
-            asyncio.create_task(
-                self._guard(self._ping_forever()), name=f"taskfleet-ws-ping:{name}"
-            ),
-        ]
         try:
-            await asyncio.wait(loops, return_when=asyncio.FIRST_COMPLETED)
+            await loops.until_first_ends(
+                {
+                    f"taskfleet-ws-read:{name}": self._guard(self._read_forever()),
+                    f"taskfleet-ws-push:{name}": self._guard(self._push_forever()),
+                    f"taskfleet-ws-ping:{name}": self._guard(self._ping_forever()),
+                }
+            )
         finally:
-            for loop in loops:
-                loop.cancel()
-            await asyncio.gather(*loops, return_exceptions=True)
             with contextlib.suppress(Exception):
                 await self._ws.close()
 
@@ -387,18 +380,9 @@ class Connection:
     async def _wait(self, channels: list[str]) -> bool:
         """Sleeps until a wake-up; True when it came from the bus or the poll interval
         (re-read the agent), False when a local kick freed a slot."""
-        if self._kick.is_set():
-            self._kick.clear()
-            return False
-        bus = asyncio.ensure_future(self._found.bus.wait(channels, self._found.tasks.poll_interval))
-        kicked = asyncio.ensure_future(self._kick.wait())
-        try:
-            done, _ = await asyncio.wait({bus, kicked}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            bus.cancel()
-            kicked.cancel()
-        self._kick.clear()
-        return bus in done
+        return await wake_or_kick(
+            self._found.bus, channels, self._kick, self._found.tasks.poll_interval
+        )
 
     async def _control(self) -> None:
         """Re-reads the agent; sends a pending status change and new cancel requests."""
@@ -462,12 +446,7 @@ class Connection:
 
 
 def _progress(p: wire.Params) -> Progress:
-    percent, eta = p.number("percent"), p.number("eta")
-    if percent is not None and not 0 <= percent <= 100:
-        raise errors.Invalid("percent must be between 0 and 100")
-    if eta is not None and eta < 0:
-        raise errors.Invalid("eta must not be negative")
-    return Progress(percent=percent, eta=eta, activity=p.text("activity", "")[:1000])
+    return check_progress(p.number("percent"), p.number("eta"), p.text("activity", ""))
 
 
 async def _basic_principal(ws: WebSocket, found: Services) -> Principal | None:

@@ -22,6 +22,7 @@ from typing import Any
 from starlette.responses import Response
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected
 
+from taskfleet.api import loops
 from taskfleet.api.agent_hub import Hub
 from taskfleet.core import errors
 from taskfleet.core.agents import agent_channel
@@ -64,23 +65,15 @@ class Session:
 
     async def _run_loops(self) -> None:
         name = self.agent.name
-        loops = [
-            asyncio.create_task(
-                self._guard(self._read_forever()), name=f"taskfleet-raintank-read:{name}"
-            ),
-            asyncio.create_task(
-                self._guard(self._heartbeat_forever()), name=f"taskfleet-raintank-beat:{name}"
-            ),
-            asyncio.create_task(
-                self._guard(self._sync_forever()), name=f"taskfleet-raintank-sync:{name}"
-            ),
-        ]
         try:
-            await asyncio.wait(loops, return_when=asyncio.FIRST_COMPLETED)
+            await loops.until_first_ends(
+                {
+                    f"taskfleet-raintank-read:{name}": self._guard(self._read_forever()),
+                    f"taskfleet-raintank-beat:{name}": self._guard(self._heartbeat_forever()),
+                    f"taskfleet-raintank-sync:{name}": self._guard(self._sync_forever()),
+                }
+            )
         finally:
-            for loop in loops:
-                loop.cancel()
-            await asyncio.gather(*loops, return_exceptions=True)
             with contextlib.suppress(Exception):
                 await self._ws.close()
 
