@@ -21,7 +21,7 @@ from taskfleet.bus.local import LocalBus
 from taskfleet.bus.postgres import PostgresBus, asyncpg_dsn
 from taskfleet.config import Settings
 from taskfleet.core.schedules import Scheduler
-from taskfleet.dialects import dut, flamenco, raintank
+from taskfleet.dialects import dut, flamenco, raintank, remotes, teeth
 from taskfleet.services import Services, wire
 from taskfleet.store.sql import SqlStore, open_store
 
@@ -57,6 +57,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     found = wire(settings, store, bus)
     app.state.services = found
     app.state.agent_hub = hub = agent_hub.Hub(found)
+    app.state.teeth = listener = teeth.Listener(found, hub)
+    await listener.start()
     reaper = asyncio.create_task(_reap_forever(found), name="taskfleet-reaper")
     scheduler = Scheduler(found.schedules, settings.schedule_tick_seconds)
     scheduler.start()
@@ -71,6 +73,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             await reaper
         await reporter.stop()
         await scheduler.stop()
+        await listener.stop()
         await hub.close()
         await bus.close()
         await store.close()
@@ -93,6 +96,7 @@ def build(settings: Settings) -> FastAPI:
     for prefix in dut.PREFIXES:
         app.include_router(dut.router, prefix=prefix)
     app.include_router(flamenco.router)  # at the root only: the worker drops any prefix
+    remotes.mount(app, settings)
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics(request: Request) -> Response:
@@ -133,6 +137,7 @@ def serve(settings: Settings) -> None:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
+        log_config=None,  # uvicorn's records go through our handler (text or JSON)
         ws_per_message_deflate=False,  # ~50 KiB less per agent socket
         timeout_graceful_shutdown=10,
     )

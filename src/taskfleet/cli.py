@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import sys
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import quote
 
 import click
 
-from taskfleet import __version__, cli_jobs, client, config
+from taskfleet import __version__, cli_jobs, cli_remotes, client, config, logs, remotes_client
 from taskfleet.client import TERMINAL, AdminClient, ClientError
 from taskfleet.config import Settings
 from taskfleet.core import errors
@@ -184,9 +184,10 @@ def server(
         port, db = int(positional[0]), positional[1]
         host = host or "0.0.0.0"  # dutserver listened on every interface
     settings = _settings(ctx, host=host, port=port, db=db)
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    try:
+        logs.configure(settings.log_level, settings.log_format)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
     password = _run(_with_accounts(settings, lambda accounts: accounts.ensure_admin()))
     base = f"http://{settings.host}:{settings.port}"
     if password is not None:
@@ -578,6 +579,29 @@ def agent_show(ctx: click.Context, name: str) -> None:
         _print_json(api.agent(name))
 
 
+@agent.command("enable")
+@click.argument("name")
+@_remote
+@click.pass_context
+def agent_enable(ctx: click.Context, name: str) -> None:
+    """Enable an agent: accept one pending approval (a new teeth agent under the
+    `approval` policy, say), or give work to a disabled one again."""
+    with _api(ctx) as api:
+        api.call("PATCH", f"/agents/{quote(name, safe='')}", json={"enabled": True})
+    click.echo(f"Agent {name} is enabled.")
+
+
+@agent.command("disable")
+@click.argument("name")
+@_remote
+@click.pass_context
+def agent_disable(ctx: click.Context, name: str) -> None:
+    """Disable an agent: it stays connected but gets no new work."""
+    with _api(ctx) as api:
+        api.call("PATCH", f"/agents/{quote(name, safe='')}", json={"enabled": False})
+    click.echo(f"Agent {name} is disabled.")
+
+
 @main.command()
 @click.argument("agent_name", metavar="AGENT")
 @click.option("--limit", type=click.IntRange(1, 10_000), default=None, help="Newest N only.")
@@ -597,3 +621,5 @@ def events(ctx: click.Context, agent_name: str, limit: int | None, as_json: bool
 
 main.add_command(cli_jobs.job)
 main.add_command(cli_jobs.worker)
+for extra in (*cli_remotes.GROUPS, remotes_client.remotes_client):
+    main.add_command(extra)

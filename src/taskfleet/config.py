@@ -36,6 +36,7 @@ class Settings:
     agent_max_message_bytes: int = 2 * 1024 * 1024
     agent_secret: str = ""  #: the agent's secret (`taskfleet agent run`), if no file is given
     log_level: str = "info"
+    log_format: str = "text"  #: "text", or "json" for one JSON object per line
     # -- the dutserver dialect --
     dut_poll_seconds: float = 26.0  #: GET /tasks long-poll, as the original
     dut_result_wait_seconds: float = 26.0  #: POST /tasks waits this long for the result
@@ -69,6 +70,25 @@ class Settings:
     raintank_auto_create_agents: bool = False
     raintank_heartbeat_seconds: float = 2.0  #: `heartbeat` events to each agent
     raintank_task_list_seconds: float = 60.0  #: a full `taskList` to each agent
+    # -- the teeth dialect (teeth-agent's line-delimited JSON over TCP) --
+    teeth_enabled: bool = False  #: listen for teeth agents
+    teeth_host: str = ""  #: empty: the same address as `host`
+    teeth_port: int = 8081  #: the original's agent port; 0 picks a free one
+    teeth_tls_cert: str = ""  #: PEM certificate chain; with `teeth_tls_key`, agents use TLS
+    teeth_tls_key: str = ""
+    teeth_tls_client_ca: str = ""  #: set: agents must show a certificate this CA signed
+    teeth_idle_timeout: float = 60.0  #: seconds without a line before a connection is closed
+    #: Leases of tasks sent to teeth agents; each of the agent's pings extends them.
+    teeth_lease_seconds: float = 90.0
+    teeth_window: int = 8  #: commands sent to one agent and not answered yet
+    # -- registration tokens and the Django Remotes dialect --
+    #: Hosts registered with a registration token join this agent group ("": none).
+    registration_group: str = "all-hosts"
+    remotes_prefix: str = "/remotes/"  #: where the Django Remotes endpoints are served
+    #: The `server_url` Remotes clients are told to use; empty: the request's own base URL
+    #: and the prefix (set it behind a proxy that rewrites addresses).
+    remotes_server_url: str = ""
+    remotes_lease_seconds: float = 3600.0  #: a fetched command stays with its host this long
     # -- the CLI's admin commands (HTTP client side) --
     server_url: str = ""  #: e.g. http://127.0.0.1:8080; empty: the logged-in server, or that
     token: str = ""  #: a session token or API key; empty: the one stored by `taskfleet login`

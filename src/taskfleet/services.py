@@ -7,8 +7,10 @@ from dataclasses import dataclass
 from taskfleet.config import Settings
 from taskfleet.core.accounts import AccountService
 from taskfleet.core.agents import AgentService
+from taskfleet.core.commands import CommandService
 from taskfleet.core.jobs import JobService
 from taskfleet.core.ports import Bus, Clock, Store, SystemClock
+from taskfleet.core.registration import RegistrationService
 from taskfleet.core.schedules import ScheduleService
 from taskfleet.core.tasks import TaskService
 from taskfleet.metrics import Metrics
@@ -26,27 +28,31 @@ class Services:
     metrics: Metrics
     jobs: JobService
     schedules: ScheduleService
+    registration: RegistrationService
+    commands: CommandService
 
 
 def wire(settings: Settings, store: Store, bus: Bus, clock: Clock | None = None) -> Services:
     clock = clock or SystemClock()
     metrics = Metrics()
+    accounts = AccountService(store, clock, api_keys=settings.api_keys)
+    tasks = TaskService(
+        store,
+        bus,
+        clock,
+        lease_seconds=settings.lease_seconds,
+        poll_interval=settings.poll_interval,
+        on_claim=metrics.claimed,
+        blacklist_threshold=settings.blacklist_threshold,
+    )
     return Services(
         settings=settings,
         store=store,
         bus=bus,
         clock=clock,
-        accounts=AccountService(store, clock, api_keys=settings.api_keys),
+        accounts=accounts,
         agents=AgentService(store, bus, clock, event_bound=settings.event_bound),
-        tasks=TaskService(
-            store,
-            bus,
-            clock,
-            lease_seconds=settings.lease_seconds,
-            poll_interval=settings.poll_interval,
-            on_claim=metrics.claimed,
-            blacklist_threshold=settings.blacklist_threshold,
-        ),
+        tasks=tasks,
         metrics=metrics,
         jobs=JobService(
             store,
@@ -58,4 +64,6 @@ def wire(settings: Settings, store: Store, bus: Bus, clock: Clock | None = None)
         schedules=ScheduleService(
             store, bus, clock, move_after=settings.schedule_move_after_seconds
         ),
+        registration=RegistrationService(store, clock, accounts, settings.registration_group),
+        commands=CommandService(store, clock, tasks, settings.remotes_lease_seconds),
     )

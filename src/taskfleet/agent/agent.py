@@ -35,6 +35,7 @@ from taskfleet.agent.transports import (
     Session,
     TaskSpec,
     longpoll,
+    teeth,
     websocket,
 )
 
@@ -241,6 +242,8 @@ class Agent:
 
     async def _open(self) -> Session:
         s = self.settings
+        if s.protocol == "teeth":
+            return await teeth.open_session(s.server, s.name, self, self.runner.handlers, s.teeth)
         if s.transport != "http":
             try:
                 return await websocket.open_session(
@@ -256,6 +259,7 @@ class Agent:
 
     async def _serve(self, session: Session) -> None:
         kind = "websocket" if session.window > 1 else "HTTP long-poll"
+        kind = "teeth" if self.settings.protocol == "teeth" else kind
         log.info("connected to %s (%s)", self.settings.server, kind, extra={"action": "connect"})
         self._backoff.reset()
         self.runner.set_heartbeat_cap(session.heartbeat_cap)

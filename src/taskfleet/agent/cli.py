@@ -20,8 +20,10 @@ import httpx
 
 from taskfleet import config
 from taskfleet.agent.app import build
-from taskfleet.agent.settings import AgentSettings, Transport, default_secret_file
+from taskfleet.agent.settings import AgentSettings, Protocol, Transport, default_secret_file
 from taskfleet.agent.spool import SpoolBusy
+from taskfleet.agent.teeth import mode as teeth_mode
+from taskfleet.agent.teeth.config import TeethConfig
 
 REGISTER_TIMEOUT_SECONDS = 30.0
 
@@ -56,10 +58,24 @@ def agent() -> None:
 
 
 @agent.command("run")
-@click.option("--server", required=True, help="The server, e.g. http://taskfleet:8080.")
-@click.option("--name", required=True, help="This agent's account name.")
+@click.option(
+    "--server", required=True, help="The server, e.g. http://taskfleet:8080 (teeth: HOST:PORT)."
+)
+@click.option("--name", help="This agent's account name (teeth: its id, [primary MAC]).")
 @click.option(
     "--secret-file", type=click.Path(dir_okay=False, path_type=Path), help="File with the secret."
+)
+@click.option(
+    "--protocol",
+    type=click.Choice(["native", "teeth"]),
+    default="native",
+    show_default=True,
+    help="teeth: stand in for teeth-agent (no secret; see docs/dialects/teeth.md).",
+)
+@click.option(
+    "--teeth-config",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="With --protocol teeth: the image cache, devices and boot settings (TOML).",
 )
 @click.option("--tags", default="", help="Comma-separated tags, e.g. gpu,linux.")
 @click.option("--concurrency", type=click.IntRange(1, 1000), default=1, show_default=True)
@@ -82,8 +98,10 @@ def agent() -> None:
 def run(
     ctx: click.Context,
     server: str,
-    name: str,
+    name: str | None,
     secret_file: Path | None,
+    protocol: Protocol,
+    teeth_config: Path | None,
     tags: str,
     concurrency: int,
     spool: Path | None,
@@ -99,10 +117,14 @@ def run(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
+    teeth = _teeth_mode(server, name, teeth_config, burst) if protocol == "teeth" else None
+    if teeth is None and not name:
+        raise click.UsageError("Missing option '--name'.")
+    name = teeth.name if teeth else str(name)
     settings = AgentSettings(
         server=server,
         name=name,
-        secret=_read_secret(ctx, name, secret_file),
+        secret="" if teeth else _read_secret(ctx, name, secret_file),
         tags=tuple(t.strip() for t in tags.split(",") if t.strip()),
         concurrency=concurrency,
         spool=spool,
@@ -111,12 +133,25 @@ def run(
         spool_limit=spool_limit,
         drain_seconds=drain_seconds,
         backoff_max_seconds=backoff_max,
+        protocol=protocol,
+        teeth=teeth.config if teeth else TeethConfig(),
     )
     try:
-        agent_ = build(settings)
+        agent_ = build(settings, teeth.handlers if teeth else None)
     except (SpoolBusy, OSError, sqlite3.Error) as exc:
         raise click.ClickException(f"cannot open the spool: {exc}") from exc
     ctx.exit(asyncio.run(agent_.run()))
+
+
+def _teeth_mode(
+    server: str, name: str | None, config_file: Path | None, burst: bool
+) -> teeth_mode.TeethMode:
+    if burst:
+        raise click.UsageError("--burst needs the native protocol: teeth has no idle message")
+    try:
+        return teeth_mode.prepare(server, name, config_file)
+    except (ValueError, OSError) as exc:
+        raise click.UsageError(str(exc)) from exc
 
 
 def write_secret(path: Path, secret: str) -> None:

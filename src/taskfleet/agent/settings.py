@@ -7,8 +7,10 @@ from pathlib import Path
 from typing import Literal
 
 from taskfleet.agent import protocol as wire
+from taskfleet.agent.teeth.config import TeethConfig
 
 Transport = Literal["auto", "ws", "http"]
+Protocol = Literal["native", "teeth"]
 
 
 def default_spool(name: str) -> Path:
@@ -36,6 +38,9 @@ class AgentSettings:
     backoff_seconds: float = 0.5  #: first reconnect delay (doubles, jittered)
     backoff_max_seconds: float = 30.0
     max_message_bytes: int = wire.MAX_MESSAGE_BYTES
+    #: "teeth": speak teeth-agent's TCP protocol to a teeth server (`server` is HOST:PORT).
+    protocol: Protocol = "native"
+    teeth: TeethConfig = field(default_factory=TeethConfig)
 
     @property
     def spool_path(self) -> Path:

@@ -13,9 +13,28 @@ import logging
 
 from taskfleet.core import errors
 from taskfleet.core.models import Agent
+from taskfleet.core.ports import Bus
 from taskfleet.services import Services
 
 log = logging.getLogger(__name__)
+
+
+async def wake_or_kick(bus: Bus, channels: list[str], kick: asyncio.Event, timeout: float) -> bool:
+    """Sleeps until the bus wakes one of `channels`, `timeout` seconds pass, or `kick` is
+    set (a connection's own news, such as a freed slot), and clears `kick`. Returns True
+    when the bus or the timeout ended the sleep (re-read the database), False for a kick."""
+    if kick.is_set():
+        kick.clear()
+        return False
+    woken = asyncio.ensure_future(bus.wait(channels, timeout))
+    kicked = asyncio.ensure_future(kick.wait())
+    try:
+        done, _ = await asyncio.wait({woken, kicked}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        woken.cancel()
+        kicked.cancel()
+    kick.clear()
+    return woken in done
 
 
 class Hub:

@@ -70,6 +70,9 @@ class AccountOut(BaseModel):
 class Registration(Strict):
     name: str = Field(max_length=64)
     secret: str = Field(min_length=1, max_length=1024)
+    token: str | None = Field(
+        default=None, max_length=1024, description="a registration token (`token` policy)"
+    )
 
 
 class Policy(Strict):
@@ -527,4 +530,172 @@ class ScheduleOut(BaseModel):
             next_run=iso(sc.next_run),
             created_at=iso(sc.created_at),
             updated_at=iso(sc.updated_at),
+        )
+
+
+# -- registration tokens, agents' public keys, commands (Django Remotes) ---------------------
+
+MAX_ORDER = 2**31 - 1
+TextName = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+def timestamp(value: datetime | None) -> float | None:
+    """A time as UNIX seconds; a time without a zone is UTC."""
+    if value is None:
+        return None
+    return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
+
+
+class RegistrationTokenIn(Strict):
+    name: str = Field(default="", max_length=200, description="what the token is for")
+    expires_in: Float | None = Field(
+        default=None, gt=0, le=10 * 365 * 86400, description="seconds; none: never expires"
+    )
+
+
+class RegistrationTokenOut(BaseModel):
+    id: int
+    name: str
+    token: str | None = Field(default=None, description="the token: shown once, when created")
+    created_at: str | None
+    expires_at: str | None
+    revoked_at: str | None
+    uses: int = Field(description="registrations made with it")
+    last_used_at: str | None
+
+    @classmethod
+    def of(cls, t: models.RegistrationToken, token: str | None = None) -> RegistrationTokenOut:
+        return cls(
+            id=t.id,
+            name=t.name,
+            token=token,
+            created_at=iso(t.created_at),
+            expires_at=iso(t.expires_at),
+            revoked_at=iso(t.revoked_at),
+            uses=t.uses,
+            last_used_at=iso(t.last_used_at),
+        )
+
+
+class PublicKeyIn(Strict):
+    public_key: str = Field(max_length=16_384, description="RSA public key, PEM (SPKI)")
+
+
+class KeyProofIn(PublicKeyIn):
+    signature: str = Field(
+        max_length=4096,
+        description="base64 RSA-PSS (MGF1-SHA256, max salt) SHA-256 signature of "
+        "`taskfleet-key:<agent name>` with the private key",
+    )
+
+
+class CommandGroupIn(Strict):
+    name: TextName
+    order: Int = Field(default=0, ge=-MAX_ORDER, le=MAX_ORDER)
+    active: Bool = True
+    starts_at: datetime | None = Field(default=None, description="runs only after this")
+    ends_at: datetime | None = Field(default=None, description="runs only before this")
+    host_groups: list[Annotated[str, Field(max_length=64)]] = Field(
+        default_factory=list, max_length=64, description="agent groups whose members run it"
+    )
+
+    def to_new(self) -> models.NewCommandGroup:
+        return models.NewCommandGroup(
+            name=self.name,
+            order=self.order,
+            active=self.active,
+            starts_at=timestamp(self.starts_at),
+            ends_at=timestamp(self.ends_at),
+            host_groups=tuple(self.host_groups),
+        )
+
+
+class CommandGroupOut(BaseModel):
+    id: int
+    name: str
+    order: int
+    active: bool
+    starts_at: str | None
+    ends_at: str | None
+    host_groups: list[str]
+    created_at: str | None
+    updated_at: str | None
+
+    @classmethod
+    def of(cls, g: models.CommandGroup) -> CommandGroupOut:
+        return cls(
+            id=g.id,
+            name=g.name,
+            order=g.order,
+            active=g.active,
+            starts_at=iso(g.starts_at),
+            ends_at=iso(g.ends_at),
+            host_groups=list(g.host_groups),
+            created_at=iso(g.created_at),
+            updated_at=iso(g.updated_at),
+        )
+
+
+class HostCommandIn(Strict):
+    group_id: Id
+    name: TextName
+    source: str = Field(max_length=512 * 1024, description="Python source the host runs")
+    order: Int = Field(default=0, ge=-MAX_ORDER, le=MAX_ORDER)
+    active: Bool = True
+    settings: dict[Annotated[str, Field(max_length=200)], str] = Field(
+        default_factory=dict, max_length=1000, description="`__SETTINGS__` of the script"
+    )
+    variables: list[TextName] = Field(
+        default_factory=list, max_length=1000, description="host variables it reads"
+    )
+    result_variables: list[TextName] = Field(
+        default_factory=list,
+        max_length=1000,
+        description="host variables set from its result list, in order",
+    )
+    timeout_seconds: Int | None = Field(default=None, ge=1, le=30 * 86400)
+
+    def to_new(self) -> models.NewCommand:
+        return models.NewCommand(
+            group_id=self.group_id,
+            name=self.name,
+            source=self.source,
+            order=self.order,
+            active=self.active,
+            settings=dict(self.settings),
+            variables=tuple(self.variables),
+            result_variables=tuple(self.result_variables),
+            timeout_seconds=self.timeout_seconds,
+        )
+
+
+class HostCommandOut(BaseModel):
+    id: int
+    group_id: int
+    name: str
+    source: str
+    order: int
+    active: bool
+    settings: dict[str, str]
+    variables: list[str]
+    result_variables: list[str]
+    timeout_seconds: int | None
+    created_at: str | None
+    updated_at: str | None
+
+    @classmethod
+    def of(cls, c: models.Command) -> HostCommandOut:
+        return cls(
+            id=c.id,
+            group_id=c.group_id,
+            name=c.name,
+            source=c.source,
+            order=c.order,
+            active=c.active,
+            settings=c.settings,
+            variables=list(c.variables),
+            result_variables=list(c.result_variables),
+            timeout_seconds=c.timeout_seconds,
+            created_at=iso(c.created_at),
+            updated_at=iso(c.updated_at),
         )

@@ -6,6 +6,7 @@ tasks and events. Errors come out as problem+json through `ProblemRoute`.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Path, Query, Request
@@ -86,8 +87,12 @@ async def set_policy(body: s.Policy, _: Admin, found: Found) -> s.Policy:
 
 @router.post("/register", status_code=201, response_model=s.AgentOut, tags=["accounts"])
 async def register(body: s.Registration, found: Found) -> s.AgentOut:
-    """Self-registration of an agent, as the registration policy allows."""
-    await found.accounts.register_agent(body.name, body.secret)
+    """Self-registration of an agent, as the registration policy allows; with a
+    registration `token`, under any policy (the agent joins the configured group)."""
+    if body.token is not None:
+        await found.registration.register_agent(body.name, body.secret, body.token)
+    else:
+        await found.accounts.register_agent(body.name, body.secret)
     return s.AgentOut.of(await found.agents.get(body.name))
 
 
@@ -510,3 +515,159 @@ async def schedule_runs(
 ) -> list[s.TaskOut]:
     """The tasks the schedule's runs created, with their status and results, in id order."""
     return [s.TaskOut.of(t) for t in await found.schedules.runs(schedule_id, after, limit)]
+
+
+# -- registration tokens and agents' public keys ---------------------------------------------
+
+TokenId = Annotated[int, Path(ge=1, le=s.MAX_ID)]
+
+
+@router.post(
+    "/registration-tokens",
+    status_code=201,
+    response_model=s.RegistrationTokenOut,
+    tags=["registration"],
+)
+async def create_registration_token(
+    body: s.RegistrationTokenIn, _: Admin, found: Found
+) -> s.RegistrationTokenOut:
+    """A token hosts register with (`POST /register` with `token`, or Django Remotes' host
+    registration). The answer is the only time the token is shown."""
+    created, token = await found.registration.create_token(body.name, body.expires_in)
+    return s.RegistrationTokenOut.of(created, token)
+
+
+@router.get(
+    "/registration-tokens", response_model=list[s.RegistrationTokenOut], tags=["registration"]
+)
+async def list_registration_tokens(_: Admin, found: Found) -> list[s.RegistrationTokenOut]:
+    return [s.RegistrationTokenOut.of(t) for t in await found.registration.tokens()]
+
+
+@router.delete(
+    "/registration-tokens/{token_id}",
+    response_model=s.RegistrationTokenOut,
+    tags=["registration"],
+)
+async def revoke_registration_token(
+    token_id: TokenId, _: Admin, found: Found
+) -> s.RegistrationTokenOut:
+    """Revokes the token: no more registrations with it; hosts registered with it stay."""
+    return s.RegistrationTokenOut.of(await found.registration.revoke_token(token_id))
+
+
+@router.put("/agents/{name}/public-key", response_model=s.AgentOut, tags=["registration"])
+async def set_public_key(name: str, body: s.PublicKeyIn, _: Admin, found: Found) -> s.AgentOut:
+    """Sets the agent's RSA public key, verified on the admin's word."""
+    return s.AgentOut.of(await found.registration.set_public_key(name, body.public_key))
+
+
+@router.put("/agent/public-key", response_model=s.AgentOut, tags=["agent"])
+async def prove_public_key(body: s.KeyProofIn, me: AgentCaller, found: Found) -> s.AgentOut:
+    """The calling agent registers its RSA public key, proving it holds the private key."""
+    updated = await found.registration.prove_key(me, body.public_key, body.signature)
+    return s.AgentOut.of(updated)
+
+
+@router.post("/tasks/sealed", status_code=201, response_model=list[s.TaskOut], tags=["tasks"])
+async def submit_sealed(body: s.TaskIn, _: Admin, found: Found) -> list[s.TaskOut]:
+    """Like `POST /tasks`, with the payload sealed to the agent's verified public key (one
+    task per member, each sealed to its own key, with `broadcast`): the server keeps only
+    what the agent can open."""
+    if body.broadcast and body.group:
+        members = await found.agents.group_members(body.group)
+        template = body.to_new()
+        new = [
+            replace(template, target_kind=models.TargetKind.AGENT, target=a.name) for a in members
+        ]
+    elif body.agent:
+        new = [body.to_new()]
+    else:
+        raise errors.Invalid("a sealed task needs an `agent`, or a `group` with `broadcast`")
+    submitted = await found.tasks.submit(await found.registration.seal(new))
+    return [s.TaskOut.of(t) for t in submitted]
+
+
+# -- commands and command groups (Django Remotes hosts run them) ---------------------------
+
+CommandGroupId = Annotated[int, Path(ge=1, le=s.MAX_ID)]
+CommandId = Annotated[int, Path(ge=1, le=s.MAX_ID)]
+
+
+@router.post(
+    "/command-groups", status_code=201, response_model=s.CommandGroupOut, tags=["commands"]
+)
+async def add_command_group(body: s.CommandGroupIn, _: Admin, found: Found) -> s.CommandGroupOut:
+    """Commands of the group run on the members of `host_groups`, while the group is active
+    and inside its time window; groups run in `order`."""
+    return s.CommandGroupOut.of(await found.commands.add_group(body.to_new()))
+
+
+@router.get("/command-groups", response_model=list[s.CommandGroupOut], tags=["commands"])
+async def list_command_groups(_: Admin, found: Found) -> list[s.CommandGroupOut]:
+    return [s.CommandGroupOut.of(g) for g in await found.commands.groups()]
+
+
+@router.get("/command-groups/{group_id}", response_model=s.CommandGroupOut, tags=["commands"])
+async def show_command_group(group_id: CommandGroupId, _: Admin, found: Found) -> s.CommandGroupOut:
+    return s.CommandGroupOut.of(await found.commands.group(group_id))
+
+
+@router.put("/command-groups/{group_id}", response_model=s.CommandGroupOut, tags=["commands"])
+async def replace_command_group(
+    group_id: CommandGroupId, body: s.CommandGroupIn, _: Admin, found: Found
+) -> s.CommandGroupOut:
+    return s.CommandGroupOut.of(await found.commands.update_group(group_id, body.to_new()))
+
+
+@router.delete("/command-groups/{group_id}", status_code=204, tags=["commands"])
+async def delete_command_group(group_id: CommandGroupId, _: Admin, found: Found) -> Response:
+    """Deletes the group and its commands; the tasks of their runs stay."""
+    await found.commands.delete_group(group_id)
+    return Response(status_code=204)
+
+
+@router.post("/commands", status_code=201, response_model=s.HostCommandOut, tags=["commands"])
+async def add_command(body: s.HostCommandIn, _: Admin, found: Found) -> s.HostCommandOut:
+    """Python source every host of the group's host groups runs once. Each run is a task
+    of type `command` targeted at the host."""
+    return s.HostCommandOut.of(await found.commands.add(body.to_new()))
+
+
+@router.get("/commands", response_model=list[s.HostCommandOut], tags=["commands"])
+async def list_commands(
+    _: Admin,
+    found: Found,
+    group: Annotated[int | None, Query(ge=1, le=s.MAX_ID, description="one group's")] = None,
+) -> list[s.HostCommandOut]:
+    return [s.HostCommandOut.of(c) for c in await found.commands.all(group)]
+
+
+@router.get("/commands/{command_id}", response_model=s.HostCommandOut, tags=["commands"])
+async def show_command(command_id: CommandId, _: Admin, found: Found) -> s.HostCommandOut:
+    return s.HostCommandOut.of(await found.commands.get(command_id))
+
+
+@router.put("/commands/{command_id}", response_model=s.HostCommandOut, tags=["commands"])
+async def replace_command(
+    command_id: CommandId, body: s.HostCommandIn, _: Admin, found: Found
+) -> s.HostCommandOut:
+    """Replaces the definition; hosts that ran it do not run it again."""
+    return s.HostCommandOut.of(await found.commands.update(command_id, body.to_new()))
+
+
+@router.delete("/commands/{command_id}", status_code=204, tags=["commands"])
+async def delete_command(command_id: CommandId, _: Admin, found: Found) -> Response:
+    await found.commands.delete(command_id)
+    return Response(status_code=204)
+
+
+@router.get("/commands/{command_id}/runs", response_model=list[s.TaskOut], tags=["commands"])
+async def command_runs(
+    command_id: CommandId,
+    _: Admin,
+    found: Found,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[s.TaskOut]:
+    """The tasks of the command's runs on every host, newest first."""
+    return [s.TaskOut.of(t) for t in await found.commands.runs(command_id, limit)]

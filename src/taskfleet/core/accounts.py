@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import argon2
 
 from taskfleet.core import errors
-from taskfleet.core.models import Account, Principal, RegistrationPolicy, Role
+from taskfleet.core.models import Account, Agent, JSONValue, Principal, RegistrationPolicy, Role
 from taskfleet.core.ports import Clock, Store
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
@@ -150,8 +150,8 @@ class AccountService:
         """Self-registration of an agent account, as the registration policy allows.
 
         OPEN creates an enabled agent; APPROVAL creates it disabled until an admin enables
-        it; CLOSED refuses with `Forbidden`. Registration tokens (TOKEN) are not built yet
-        and are refused with a message that says so. `vouched` means the transport checked
+        it; CLOSED refuses with `Forbidden`, and so does TOKEN (registering with a token
+        is `RegistrationService.register_agent`). `vouched` means the transport checked
         a registration credential an admin configured (Flamenco's registration secret):
         that is an admin's consent, so the agent is created enabled whatever the policy.
         """
@@ -159,10 +159,43 @@ class AccountService:
         if not vouched and policy is RegistrationPolicy.CLOSED:
             raise errors.Forbidden("agent self-registration is disabled")
         if not vouched and policy is RegistrationPolicy.TOKEN:
-            raise errors.Forbidden("registration tokens are not built yet in this version")
+            raise errors.Forbidden("this server registers agents with a registration token only")
         account = await self.add(name, Role.AGENT, secret)
         if not vouched and policy is RegistrationPolicy.APPROVAL:
             agent = await self._store.get_agent(name)
             assert agent is not None
             await self._store.update_agent(agent.id, enabled=False)
         return account
+
+    async def admit_agent(
+        self, name: str, *, platform: str, metadata: dict[str, JSONValue] | None = None
+    ) -> Agent:
+        """Admits an agent that carries no credentials (teeth agents name themselves and
+        nothing more), as the registration policy allows.
+
+        A known agent comes back as it is, enabled or still pending. An unknown one is
+        created enabled under OPEN, disabled (pending an admin, who enables it) under
+        APPROVAL, and refused with `Forbidden` under CLOSED and TOKEN. A name that belongs
+        to an agent with an account, or to an agent of another protocol (another
+        `platform`), is refused with `Forbidden`: nobody may take it over without its
+        secret. Raises `Invalid` for a bad name.
+        """
+        agent = await self._store.get_agent(check_name(name))
+        if agent is not None:
+            if agent.account_id is not None or agent.platform not in ("", platform):
+                raise errors.Forbidden(f"the agent {name!r} is not a {platform} agent")
+            return agent
+        policy = await self.registration_policy()
+        if policy not in (RegistrationPolicy.OPEN, RegistrationPolicy.APPROVAL):
+            raise errors.Forbidden(
+                f"unknown agent {name!r}: the registration policy ({policy.value}) "
+                "admits known agents only"
+            )
+        agent = await self._store.add_agent(name, None, self._clock.now())
+        fields: dict[str, object] = {
+            "platform": platform,
+            "enabled": policy is RegistrationPolicy.OPEN,
+        }
+        if metadata:
+            fields["metadata"] = metadata
+        return await self._store.update_agent(agent.id, **fields)

@@ -347,3 +347,77 @@ class ScheduleFilter:
     order_by: str = "id"  #: "id" or "name"
     offset: int = 0
     limit: int = 100
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RegistrationToken:
+    """A credential an admin hands out for hosts to register with (Django Remotes'
+    registration token). Only its SHA-256 is kept; the token itself is shown once."""
+
+    id: int
+    name: str
+    created_at: float = 0.0
+    expires_at: float | None = None
+    revoked_at: float | None = None
+    uses: int = 0  #: registrations made with it
+    last_used_at: float | None = None
+
+    def usable(self, now: float) -> bool:
+        return self.revoked_at is None and (self.expires_at is None or now < self.expires_at)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Enrollment:
+    """A host that registered with a token and its public key. Its agent stays disabled
+    until the host proves it holds the private key; `uuid` is a secret shared with the host
+    (sent to it encrypted to its key), from which Django Remotes derives a Fernet key."""
+
+    id: int
+    uuid: str
+    agent_id: int
+    token_id: int | None
+    created_at: float = 0.0
+    verified_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NewCommandGroup:
+    """Commands run in group order, then command order, on the members of `host_groups`,
+    while the group is active and inside its time window (a bound of None is open)."""
+
+    name: str
+    order: int = 0
+    active: bool = True
+    starts_at: float | None = None
+    ends_at: float | None = None
+    host_groups: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CommandGroup(NewCommandGroup):
+    id: int
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NewCommand:
+    """Python source a host runs once (Django Remotes' commands). `variables` are the host
+    variables it reads; item i of its result list is stored in `result_variables[i]`."""
+
+    group_id: int
+    name: str
+    source: str
+    order: int = 0
+    active: bool = True
+    settings: dict[str, str] = field(default_factory=dict)
+    variables: tuple[str, ...] = ()
+    result_variables: tuple[str, ...] = ()
+    timeout_seconds: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Command(NewCommand):
+    id: int
+    created_at: float = 0.0
+    updated_at: float = 0.0

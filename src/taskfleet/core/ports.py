@@ -14,6 +14,9 @@ from taskfleet.core.models import (
     Account,
     Agent,
     BlacklistEntry,
+    Command,
+    CommandGroup,
+    Enrollment,
     Event,
     Group,
     Job,
@@ -21,10 +24,13 @@ from taskfleet.core.models import (
     JobSummary,
     JSONValue,
     LogChunk,
+    NewCommand,
+    NewCommandGroup,
     NewSchedule,
     NewTask,
     Output,
     Progress,
+    RegistrationToken,
     Role,
     Schedule,
     ScheduleFilter,
@@ -320,7 +326,115 @@ class ScheduleStore(Protocol):
         """The tasks created by the schedule's runs, in id order."""
 
 
-class Store(AccountStore, AgentStore, TaskStore, JobStore, ScheduleStore, Protocol):
+class RegistrationStore(Protocol):
+    async def add_registration_token(
+        self, name: str, token_hash: str, expires_at: float | None, now: float
+    ) -> RegistrationToken: ...
+
+    async def list_registration_tokens(self) -> list[RegistrationToken]: ...
+
+    async def registration_token(
+        self, token_id: int | None = None, token_hash: str | None = None
+    ) -> RegistrationToken | None:
+        """The token with this id or this hash."""
+
+    async def revoke_registration_token(self, token_id: int, now: float) -> RegistrationToken:
+        """Revokes it (a revoked token stays revoked). Raises `NotFound`."""
+
+    async def count_registration_token_use(self, token_id: int, now: float) -> None: ...
+
+    async def add_enrollment(
+        self, uuid: str, public_key: str, token_id: int, now: float
+    ) -> Enrollment:
+        """Creates the enrollment and its agent (`host-<6-digit enrollment id>`, disabled,
+        unverified, holding the public key) in one transaction."""
+
+    async def enrollment(
+        self, uuid: str | None = None, agent_id: int | None = None
+    ) -> Enrollment | None: ...
+
+    async def complete_enrollment(
+        self,
+        enrollment_id: int,
+        secret_hash: str,
+        group: str,
+        token_hash: str,
+        token_expires: float,
+        now: float,
+    ) -> Agent:
+        """In one transaction: marks the enrollment verified (compare-and-set: `Conflict`
+        when it already was), gives its agent an agent account with this secret hash and a
+        session for `token_hash`, enables and verifies the agent, and adds it to `group`
+        (created when missing; "" for none)."""
+
+
+class CommandStore(Protocol):
+    async def add_command_group(self, new: NewCommandGroup, now: float) -> CommandGroup:
+        """Creates missing host groups. Raises `Conflict` when the name is taken."""
+
+    async def update_command_group(
+        self, group_id: int, new: NewCommandGroup, now: float
+    ) -> CommandGroup:
+        """Raises `NotFound`, or `Conflict` when the name is taken."""
+
+    async def get_command_group(self, group_id: int) -> CommandGroup | None: ...
+
+    async def list_command_groups(self) -> list[CommandGroup]:
+        """In run order: by `order`, then id."""
+
+    async def delete_command_group(self, group_id: int) -> bool:
+        """Deletes the group and its commands (the tasks of their runs stay)."""
+
+    async def add_command(self, new: NewCommand, now: float) -> Command:
+        """Raises `NotFound` for an unknown group."""
+
+    async def update_command(self, command_id: int, new: NewCommand, now: float) -> Command:
+        """Raises `NotFound` for an unknown command or group."""
+
+    async def get_command(self, command_id: int) -> Command | None: ...
+
+    async def list_commands(self, group_id: int | None) -> list[Command]:
+        """In run order: by group order, group id, command order, command id."""
+
+    async def delete_command(self, command_id: int) -> bool: ...
+
+    async def pending_commands(self, agent_id: int, now: float) -> list[tuple[int, int]]:
+        """(group id, command id) of the commands the agent should run now, in run order:
+        active commands of active groups inside their time window, assigned to a host group
+        of the agent, that the agent has no finished (or cancel-requested) run of."""
+
+    async def command_for_agent(
+        self, command_id: int, agent_id: int, now: float, available: bool
+    ) -> Command | None:
+        """The command when its group is assigned to a host group of the agent; with
+        `available`, only when it is also active, its group active and in its window."""
+
+    async def start_command_run(
+        self, command_id: int, agent_id: int, task: NewTask, now: float, lease_until: float
+    ) -> Task:
+        """The task of the agent's current run of the command, leased to the agent until
+        `lease_until`: an active one has its lease extended, a queued one (its lease ran
+        out) is leased again with a new attempt, else a new task is created leased."""
+
+    async def command_runs(self, command_id: int, limit: int) -> list[Task]:
+        """The tasks of the command's runs, newest first."""
+
+    async def host_variables(self, agent_id: int) -> dict[str, str]: ...
+
+    async def set_host_variables(self, agent_id: int, values: dict[str, str], now: float) -> None:
+        """Sets (creating or replacing) these variables of the agent."""
+
+
+class Store(
+    AccountStore,
+    AgentStore,
+    TaskStore,
+    JobStore,
+    ScheduleStore,
+    RegistrationStore,
+    CommandStore,
+    Protocol,
+):
     """Everything the engine keeps."""
 
     async def close(self) -> None: ...

@@ -56,6 +56,16 @@ def _json_size(value: JSONValue, what: str, limit: int) -> None:
         raise errors.TooLarge(f"{what} must be at most {limit} bytes of JSON")
 
 
+def check_progress(percent: float | None, eta: float | None, activity: str = "") -> Progress:
+    """Progress as an agent reports it. Raises `Invalid` for a percent outside 0-100 or a
+    negative eta; the activity text is cut to 1000 characters."""
+    if percent is not None and not 0 <= percent <= 100:
+        raise errors.Invalid("percent must be between 0 and 100")
+    if eta is not None and not eta >= 0:
+        raise errors.Invalid("eta must not be negative")
+    return Progress(percent=percent, eta=eta, activity=str(activity)[:1000])
+
+
 def check_new_task(task: NewTask) -> NewTask:
     if not isinstance(task.type, str) or not 0 < len(task.type) <= 128:
         raise errors.Invalid("a task type must be 1-128 characters")
@@ -233,6 +243,21 @@ class TaskService:
         return await self._store.extend_lease(
             task_id, agent.id, attempt, now + lease, progress, now
         )
+
+    async def keep_alive(self, agent: Agent, lease_seconds: float | None = None) -> list[Task]:
+        """Extends the lease of every active task the agent holds, for protocols whose open
+        connection is the heartbeat (teeth). A task that moved on meanwhile is skipped.
+        Returns the tasks extended."""
+        held = TaskFilter(status=TaskStatus.ACTIVE, agent_id=agent.id, limit=1000)
+        extended: list[Task] = []
+        for task in await self._store.list_tasks(held):
+            try:
+                extended.append(
+                    await self.heartbeat(agent, task.id, task.attempt, None, lease_seconds)
+                )
+            except (errors.Conflict, errors.NotFound):
+                continue
+        return extended
 
     async def complete(self, agent: Agent, task_id: int, attempt: int, result: JSONValue) -> Task:
         """Records the result. Refuses a stale attempt with `Conflict`; the same result

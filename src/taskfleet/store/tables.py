@@ -270,3 +270,104 @@ schedule_runs = Table(
     UniqueConstraint("schedule_id", "due", "agent_id"),
     Index("ix_schedule_runs_schedule_id_agent_id", "schedule_id", "agent_id"),
 )
+
+#: Tokens an admin hands out for hosts to register with; only their SHA-256 is kept.
+registration_tokens = Table(
+    "registration_tokens",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("name", String(200), nullable=False),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float),
+    Column("revoked_at", Float),
+    Column("uses", Integer, nullable=False, default=0),
+    Column("last_used_at", Float),
+)
+
+#: Hosts that registered with a token and a public key (Django Remotes); `uuid` is the
+#: secret shared with the host, `verified_at` when it proved it holds its private key.
+enrollments = Table(
+    "enrollments",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("uuid", String(36), nullable=False, unique=True),
+    Column("agent_id", Id, ForeignKey("agents.id", ondelete="CASCADE"), unique=True),
+    Column("token_id", Id, ForeignKey("registration_tokens.id", ondelete="SET NULL"), index=True),
+    Column("created_at", Float, nullable=False),
+    Column("verified_at", Float),
+)
+
+#: Commands run in groups, in `position` order, while active and inside the time window.
+command_groups = Table(
+    "command_groups",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("name", String(200), nullable=False, unique=True),
+    Column("position", Integer, nullable=False, default=0),
+    Column("active", Boolean, nullable=False, default=True),
+    Column("starts_at", Float),
+    Column("ends_at", Float),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+
+#: The host groups (agent groups) a command group's commands run on.
+command_group_hosts = Table(
+    "command_group_hosts",
+    metadata,
+    Column(
+        "command_group_id",
+        Id,
+        ForeignKey("command_groups.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column(
+        "group_id", Id, ForeignKey("groups.id", ondelete="CASCADE"), primary_key=True, index=True
+    ),
+)
+
+#: Python sources for hosts to run once each (Django Remotes' commands).
+commands = Table(
+    "commands",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column(
+        "command_group_id",
+        Id,
+        ForeignKey("command_groups.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    Column("name", String(200), nullable=False),
+    Column("source", Text, nullable=False),
+    Column("position", Integer, nullable=False, default=0),
+    Column("active", Boolean, nullable=False, default=True),
+    Column("settings", Json, nullable=False),
+    Column("variables", Json, nullable=False),
+    Column("result_variables", Json, nullable=False),
+    Column("timeout_seconds", Integer),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+
+#: One row per run of a command by a host: the engine task that records it.
+command_runs = Table(
+    "command_runs",
+    metadata,
+    Column("task_id", Id, ForeignKey("tasks.id", ondelete="CASCADE"), primary_key=True),
+    Column("command_id", Id, ForeignKey("commands.id", ondelete="CASCADE"), nullable=False),
+    Column("agent_id", Id, ForeignKey("agents.id", ondelete="CASCADE"), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Index("ix_command_runs_command_id_agent_id", "command_id", "agent_id"),
+)
+
+#: Values commands' results left on a host, read by its later commands.
+host_variables = Table(
+    "host_variables",
+    metadata,
+    Column("agent_id", Id, ForeignKey("agents.id", ondelete="CASCADE"), primary_key=True),
+    Column("name", String(200), primary_key=True),
+    Column("value", Text, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
