@@ -38,6 +38,7 @@ from taskfleet.agent.transports import (
     teeth,
     websocket,
 )
+from taskfleet.core import crypto
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,9 @@ class Agent:
         self.name = settings.name
         self.changed = asyncio.Event()
         self.outbox = Outbox(spool, settings.spool_limit, self, settings.max_message_bytes)
-        self.runner = Runner(handlers, self.outbox, settings.name, self.changed.set)
+        self.runner = Runner(
+            handlers, self.outbox, settings.name, self.changed.set, _private_key(settings)
+        )
         self._backoff = Backoff(settings.backoff_seconds, settings.backoff_max_seconds)
         self._started = time.monotonic()
         self._asleep = False
@@ -286,3 +289,9 @@ class Agent:
         await session.sign_off()
         self._signed_off = True
         log.info("signed off", extra={"action": "sign_off"})
+
+
+def _private_key(settings: AgentSettings) -> crypto.PrivateKey | None:
+    if settings.private_key is None:
+        return None
+    return crypto.load_private_key(settings.private_key.read_bytes())

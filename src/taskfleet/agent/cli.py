@@ -24,6 +24,7 @@ from taskfleet.agent.settings import AgentSettings, Protocol, Transport, default
 from taskfleet.agent.spool import SpoolBusy
 from taskfleet.agent.teeth import mode as teeth_mode
 from taskfleet.agent.teeth.config import TeethConfig
+from taskfleet.core import errors
 
 REGISTER_TIMEOUT_SECONDS = 30.0
 
@@ -77,6 +78,11 @@ def agent() -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="With --protocol teeth: the image cache, devices and boot settings (TOML).",
 )
+@click.option(
+    "--private-key",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="PEM private key that opens payloads sealed to this agent's public key.",
+)
 @click.option("--tags", default="", help="Comma-separated tags, e.g. gpu,linux.")
 @click.option("--concurrency", type=click.IntRange(1, 1000), default=1, show_default=True)
 @click.option("--spool", type=click.Path(dir_okay=False, path_type=Path), help="Spool file.")
@@ -102,6 +108,7 @@ def run(
     secret_file: Path | None,
     protocol: Protocol,
     teeth_config: Path | None,
+    private_key: Path | None,
     tags: str,
     concurrency: int,
     spool: Path | None,
@@ -135,9 +142,12 @@ def run(
         backoff_max_seconds=backoff_max,
         protocol=protocol,
         teeth=teeth.config if teeth else TeethConfig(),
+        private_key=private_key,
     )
     try:
         agent_ = build(settings, teeth.handlers if teeth else None)
+    except errors.Invalid as exc:
+        raise click.ClickException(f"cannot load the private key: {exc.message}") from exc
     except (SpoolBusy, OSError, sqlite3.Error) as exc:
         raise click.ClickException(f"cannot open the spool: {exc}") from exc
     ctx.exit(asyncio.run(agent_.run()))

@@ -16,12 +16,13 @@ import math
 import random
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from taskfleet.agent.handlers import Handler, HandlerError, TaskContext
 from taskfleet.agent.outbox import Outbox
 from taskfleet.agent.transports import TaskSpec
+from taskfleet.core import crypto, errors
 from taskfleet.core.models import JSONValue
 
 log = logging.getLogger(__name__)
@@ -100,8 +101,10 @@ class Runner:
         outbox: Outbox,
         agent: str,
         on_change: Callable[[], None],
+        private_key: crypto.PrivateKey | None = None,
     ) -> None:
         self.handlers = dict(handlers)
+        self._private_key = private_key
         self._outbox = outbox
         self._agent = agent
         self._on_change = on_change
@@ -190,6 +193,8 @@ class Runner:
         try:
             if handler is None:
                 raise HandlerError(f"this agent has no handler for task type {context.type!r}")
+            if crypto.is_sealed(context.payload):
+                context = replace(context, payload=self._unseal(context.payload))
             value = await handler(context, reporter)
             _check_result(value)
         except asyncio.CancelledError:
@@ -205,6 +210,16 @@ class Runner:
                 reporter.finish("complete", result=value)
         finally:
             self._ended(record)
+
+    def _unseal(self, payload: JSONValue) -> JSONValue:
+        """Opens a payload the server sealed to this agent's public key; only the private
+        key, which never leaves this host, can."""
+        if self._private_key is None:
+            raise HandlerError("the payload is sealed, and this agent has no --private-key")
+        try:
+            return crypto.unseal(self._private_key, payload)
+        except errors.Invalid as exc:
+            raise HandlerError(f"cannot open the sealed payload: {exc.message}") from exc
 
     def _finish_failed(self, record: _Running, exc: Exception) -> None:
         if record.outcome == "drop":

@@ -41,6 +41,8 @@ class AgentSettings:
     #: "teeth": speak teeth-agent's TCP protocol to a teeth server (`server` is HOST:PORT).
     protocol: Protocol = "native"
     teeth: TeethConfig = field(default_factory=TeethConfig)
+    #: PEM private key that opens payloads the server sealed to this agent's public key.
+    private_key: Path | None = None
 
     @property
     def spool_path(self) -> Path:
