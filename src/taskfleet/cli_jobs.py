@@ -99,7 +99,7 @@ def job_submit(ctx: click.Context, file: IO[str]) -> None:
         body = json.load(file)
     except ValueError as exc:
         raise click.BadParameter(f"not valid JSON ({exc})", param_hint="FILE") from exc
-    created = _call(ctx, "POST", "/jobs/submit", json=body)
+    created = _call(ctx, "POST", "/jobs", json=body)
     click.echo(created["id"])
     click.echo(f"Job {created['id']} queued with {created['total']} tasks.", err=True)
 
@@ -111,7 +111,7 @@ def job_submit(ctx: click.Context, file: IO[str]) -> None:
 @click.pass_context
 def job_list(ctx: click.Context, limit: int, as_json: bool) -> None:
     """List jobs, newest first, with their tasks counted by status."""
-    found = _call(ctx, "GET", "/job-summaries", params={"limit": limit})
+    found = _call(ctx, "GET", "/jobs", params={"limit": limit})
     if as_json:
         _print_json(found)
     elif not found:
@@ -141,7 +141,7 @@ def _job_row(j: dict[str, Any]) -> list[str]:
 @click.pass_context
 def job_show(ctx: click.Context, job_id: int) -> None:
     """Print a job with its task counts and blacklist as JSON."""
-    _print_json(_call(ctx, "GET", f"/jobs/{job_id}/summary"))
+    _print_json(_call(ctx, "GET", f"/jobs/{job_id}"))
 
 
 @job.command("requeue-failed")

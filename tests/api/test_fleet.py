@@ -198,8 +198,10 @@ async def test_jobs(admin: httpx.AsyncClient, agent: httpx.AsyncClient) -> None:
         "/api/v1/jobs", json={"name": "render shot 1", "type": "blender", "settings": {"fps": 24}}
     )
     assert response.status_code == 201, response.text
-    job = response.json()
-    assert job["settings"] == {"fps": 24} and job["priority"] == 0
+    created = response.json()
+    assert created["settings"] == {"fps": 24} and created["priority"] == 0
+    assert (created["tasks"], created["total"], created["status"]) == ([], 0, "queued")
+    job = {k: v for k, v in created.items() if k != "tasks"}
     assert (await admin.get(f"/api/v1/jobs/{job['id']}")).json() == job
     assert (await admin.get("/api/v1/jobs")).json() == [job]
     assert_problem(await admin.get("/api/v1/jobs/999"), 404)
@@ -209,6 +211,8 @@ async def test_jobs(admin: httpx.AsyncClient, agent: httpx.AsyncClient) -> None:
     page = (await admin.get("/api/v1/tasks", params={"job": job["id"]})).json()
     assert [t["id"] for t in page["tasks"]] == [task["id"]]
     assert page["tasks"][0]["job_id"] == job["id"]
+    counted = (await admin.get(f"/api/v1/jobs/{job['id']}")).json()
+    assert (counted["total"], counted["counts"]) == (1, {"queued": 1})
 
 
 async def test_task_in_unknown_job_is_refused(admin: httpx.AsyncClient) -> None:

@@ -48,7 +48,6 @@ async def worker(found: Services, name: str, *types: str) -> Agent:
         (job(task("a", 0)), "not another task"),
         (job(task("a", "b"), task("b", "c"), task("c", 0)), "cycle: a, b, c"),
         (job(task("a"), task("a")), "unique"),
-        (job(), "between 1 and"),
         (job(task("a", commands=())), "non-empty list"),
         (job(task("a", commands=({"name": ""},))), "the name of command 0"),
         (job(task("a", commands=({"name": "x", "settings": []},))), "settings of command 0"),
@@ -138,3 +137,12 @@ async def test_a_vouched_registration_passes_a_closed_policy(engine: Services) -
     account = await engine.accounts.register_agent("w1", "secret", vouched=True)
     assert account.role is Role.AGENT
     assert (await engine.agents.get("w1")).enabled
+
+
+async def test_a_job_may_start_empty_and_take_tasks_later(engine: Services) -> None:
+    empty, created = await engine.jobs.submit(job())
+    assert created == []
+    assert (await engine.jobs.get(empty.id)).status == "queued"
+    (later,) = await engine.tasks.submit([NewTask(type="echo", job_id=empty.id)])
+    summary = await engine.jobs.get(empty.id)
+    assert (later.job_id, summary.total) == (empty.id, 1)

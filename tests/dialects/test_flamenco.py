@@ -31,7 +31,7 @@ async def open_registration(admin: httpx.AsyncClient) -> None:
 async def submit(admin: httpx.AsyncClient, **job: Any) -> dict[str, Any]:
     job.setdefault("name", "a job")
     job.setdefault("tasks", [{"name": "t1", "task_type": "sleep", "commands": ECHO_AND_SLEEP}])
-    response = await admin.post("/api/v1/jobs/submit", json=job)
+    response = await admin.post("/api/v1/jobs", json=job)
     assert response.status_code == 201, response.text
     created: dict[str, Any] = response.json()
     return created
@@ -127,7 +127,7 @@ async def test_a_worker_s_whole_life(live: Live, admin: httpx.AsyncClient) -> No
 
     done = await native(admin, f"/tasks/{native_id}")
     assert done["status"] == "completed" and done["attempt"] == 3
-    summary = await native(admin, f"/jobs/{job['id']}/summary")
+    summary = await native(admin, f"/jobs/{job['id']}")
     assert (summary["status"], summary["counts"]) == ("completed", {"completed": 1})
     outputs = await native(admin, f"/jobs/{job['id']}/outputs")
     assert [o["data"] for o in outputs] == [{"paths": ["/render/0001.png"]}]

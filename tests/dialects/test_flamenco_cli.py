@@ -81,7 +81,7 @@ async def test_cli_errors_are_clean(live: Live, tmp_path: Path) -> None:
     bad = tmp_path / "bad.json"
     bad.write_text("{nope")
     assert (await cli(live, tmp_path, job, "submit", str(bad))).exit_code == 2
-    bad.write_text(json.dumps({"name": "x", "tasks": []}))
+    bad.write_text(json.dumps({"name": "x", "tasks": "all of them"}))
     refused = await cli(live, tmp_path, job, "submit", str(bad))
     assert refused.exit_code == 1 and "Error: tasks" in refused.output
     missing = await cli(live, tmp_path, job, "show", "999")

@@ -140,33 +140,6 @@ class GroupOut(BaseModel):
     created_at: str | None
 
 
-class JobIn(Strict):
-    name: str = Field(min_length=1, max_length=200)
-    type: str = Field(default="", max_length=128)
-    priority: Priority = 0
-    settings: dict[str, Any] = Field(default_factory=dict)
-
-
-class JobOut(BaseModel):
-    id: int
-    name: str
-    type: str
-    priority: int
-    settings: dict[str, Any]
-    created_at: str | None
-
-    @classmethod
-    def of(cls, j: models.Job) -> JobOut:
-        return cls(
-            id=j.id,
-            name=j.name,
-            type=j.type,
-            priority=j.priority,
-            settings=j.settings,
-            created_at=iso(j.created_at),
-        )
-
-
 class TaskIn(Strict):
     type: str = Field(min_length=1, max_length=128)
     payload: Any = None
@@ -366,7 +339,7 @@ class JobSubmission(Strict):
     fail_limit: Int | None = Field(
         default=None, ge=1, le=100, description="agents that may fail a task [task_fail_limit]"
     )
-    tasks: list[JobTaskIn] = Field(min_length=1, max_length=10_000)
+    tasks: list[JobTaskIn] = Field(default_factory=list, max_length=10_000)
 
     def to_new(self) -> models.NewJob:
         return models.NewJob(

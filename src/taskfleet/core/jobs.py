@@ -106,8 +106,8 @@ def check_job(job: NewJob, fail_limit: int) -> tuple[Job, list[NewTask]]:
         raise errors.Invalid(f"job settings must be an object of at most {MAX_SETTINGS_BYTES} B")
     if not 1 <= fail_limit <= 100:
         raise errors.Invalid("fail_limit must be between 1 and 100")
-    if not 0 < len(job.tasks) <= MAX_BATCH:
-        raise errors.Invalid(f"a job has between 1 and {MAX_BATCH} tasks")
+    if len(job.tasks) > MAX_BATCH:
+        raise errors.Invalid(f"a job has at most {MAX_BATCH} tasks")
     names = [_check_text(t.name, "a task name", 1, 200) for t in job.tasks]
     if len(set(names)) < len(names):
         raise errors.Invalid("task names must be unique within a job")

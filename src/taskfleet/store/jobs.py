@@ -137,10 +137,12 @@ class JobQueries(Base):
                 (await conn.execute(insert(jobs).values(values).returning(jobs))).one()
             )
             rows = [{**task_row(t, now), "job_id": stored.id} for t in new]
-            inserted = await conn.execute(
-                insert(tasks).returning(tasks, sort_by_parameter_order=True), rows
-            )
-            created = [to_task(r) for r in inserted]
+            created: list[Task] = []
+            if rows:  # a job may start empty; its tasks come later with its job_id
+                inserted = await conn.execute(
+                    insert(tasks).returning(tasks, sort_by_parameter_order=True), rows
+                )
+                created = [to_task(r) for r in inserted]
             if edges:
                 links = [
                     {"task_id": created[child].id, "parent_id": created[parent].id}

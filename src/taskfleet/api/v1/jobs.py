@@ -1,4 +1,4 @@
-"""Jobs of tasks with dependencies (Flamenco's jobs)."""
+"""Jobs: tasks submitted together, with dependencies and job priority (Flamenco's jobs)."""
 
 from __future__ import annotations
 
@@ -19,25 +19,23 @@ from taskfleet.services import Services
 router = APIRouter(route_class=ProblemRoute)
 
 
-# -- jobs of tasks with dependencies (Flamenco's jobs) ---------------------------------------
-
-
 async def _job_summary(found: Services, job_id: int) -> s.JobSummaryOut:
     summary = await found.jobs.get(job_id)
     return s.JobSummaryOut.of(summary, await found.jobs.blacklist(job_id))
 
 
-@router.post("/jobs/submit", status_code=201, response_model=s.JobSubmitted, tags=["jobs"])
+@router.post("/jobs", status_code=201, response_model=s.JobSubmitted, tags=["jobs"])
 async def submit_job(body: s.JobSubmission, _: Admin, found: Found) -> s.JobSubmitted:
     """Queues a job with its tasks in one transaction. Tasks run by job priority, task
-    priority and age, on agents that take their `task_type`, once their parents completed."""
+    priority and age, on agents that take their `task_type`, once their parents completed.
+    A job may start empty: tasks submitted later with its `job_id` join it."""
     job, created = await found.jobs.submit(body.to_new())
     summary = await _job_summary(found, job.id)
     return s.JobSubmitted(**summary.model_dump(), tasks=[s.TaskOut.of(t) for t in created])
 
 
-@router.get("/job-summaries", response_model=list[s.JobSummaryOut], tags=["jobs"])
-async def job_summaries(
+@router.get("/jobs", response_model=list[s.JobSummaryOut], tags=["jobs"])
+async def list_jobs(
     _: Admin, found: Found, limit: Annotated[int, Query(ge=1, le=1000)] = 100
 ) -> list[s.JobSummaryOut]:
     """Jobs, newest first, with their tasks counted by status."""
@@ -47,8 +45,8 @@ async def job_summaries(
     ]
 
 
-@router.get("/jobs/{job_id}/summary", response_model=s.JobSummaryOut, tags=["jobs"])
-async def job_summary(job_id: JobId, _: Admin, found: Found) -> s.JobSummaryOut:
+@router.get("/jobs/{job_id}", response_model=s.JobSummaryOut, tags=["jobs"])
+async def show_job(job_id: JobId, _: Admin, found: Found) -> s.JobSummaryOut:
     return await _job_summary(found, job_id)
 
 

@@ -14,10 +14,8 @@ from taskfleet.api.v1.deps import (
     After,
     Caller,
     Found,
-    JobId,
     TaskId,
 )
-from taskfleet.core import errors
 from taskfleet.core.models import TaskFilter, TaskStatus
 from taskfleet.services import Services
 
@@ -25,29 +23,6 @@ router = APIRouter(route_class=ProblemRoute)
 
 
 # -- jobs and tasks -----------------------------------------------------------------------
-
-
-@router.post("/jobs", status_code=201, response_model=s.JobOut, tags=["jobs"])
-async def add_job(body: s.JobIn, _: Admin, found: Found) -> s.JobOut:
-    job = await found.store.add_job(
-        body.name, body.type, body.priority, body.settings, found.clock.now()
-    )
-    return s.JobOut.of(job)
-
-
-@router.get("/jobs", response_model=list[s.JobOut], tags=["jobs"])
-async def list_jobs(
-    _: Admin, found: Found, limit: Annotated[int, Query(ge=1, le=1000)] = 100
-) -> list[s.JobOut]:
-    return [s.JobOut.of(j) for j in await found.store.list_jobs(limit)]
-
-
-@router.get("/jobs/{job_id}", response_model=s.JobOut, tags=["jobs"])
-async def show_job(job_id: JobId, _: Admin, found: Found) -> s.JobOut:
-    job = await found.store.get_job(job_id)
-    if job is None:
-        raise errors.NotFound(f"no job {job_id}")
-    return s.JobOut.of(job)
 
 
 async def _submit(found: Services, items: list[s.TaskIn]) -> list[s.TaskOut]:
