@@ -18,6 +18,7 @@ from taskfleet.core import errors
 from taskfleet.core.models import (
     Agent,
     AgentStatus,
+    Job,
     NewTask,
     Progress,
     Role,
@@ -329,7 +330,7 @@ async def test_added_tasks_are_queued_in_order(store: SqlStore) -> None:
 
 async def test_list_tasks_filters_and_pages(store: SqlStore) -> None:
     agent = await make_agent(store, "a")
-    job = await store.add_job("render", "blender", 0, None, NOW)
+    job, _ = await store.add_job_with_tasks(Job(id=0, name="render"), [], [], NOW)
     tasks = await queue(
         store,
         NewTask(type="build"),
@@ -749,16 +750,18 @@ async def test_outputs_are_listed_in_order(store: SqlStore) -> None:
     assert second.data == {"file": "b.png"} and second.time == NOW + 1
 
 
-async def test_jobs_are_kept_and_listed_newest_first(store: SqlStore) -> None:
-    first = await store.add_job("a", "blender", 5, {"frames": "1-10"}, NOW)
-    second = await store.add_job("b", "ffmpeg", 0, None, NOW + 1)
+async def test_jobs_are_kept_and_summarized_newest_first(store: SqlStore) -> None:
+    first, _ = await store.add_job_with_tasks(
+        Job(id=0, name="a", type="blender", priority=5, settings={"frames": "1-10"}), [], [], NOW
+    )
+    second, _ = await store.add_job_with_tasks(Job(id=0, name="b"), [], [], NOW + 1)
 
     assert await store.get_job(first.id) == first
     assert first.settings == {"frames": "1-10"} and first.priority == 5
     assert second.settings == {}
     assert await store.get_job(second.id + 1000) is None
-    assert await store.list_jobs(limit=10) == [second, first]
-    assert await store.list_jobs(limit=1) == [second]
+    assert [s.job for s in await store.job_summaries(10)] == [second, first]
+    assert [s.job for s in await store.job_summaries(1)] == [second]
 
 
 async def test_cancel_racing_a_claim_waits_for_it(postgres_url: str) -> None:

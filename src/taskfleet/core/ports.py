@@ -194,13 +194,7 @@ class TaskStore(Protocol):
 
     async def list_outputs(self, task_id: int) -> list[Output]: ...
 
-    async def add_job(
-        self, name: str, type: str, priority: int, settings: JSONValue, now: float
-    ) -> Job: ...
-
     async def get_job(self, job_id: int) -> Job | None: ...
-
-    async def list_jobs(self, limit: int) -> list[Job]: ...
 
 
 class JobStore(Protocol):

@@ -445,30 +445,10 @@ class TaskQueries(Base):
                 for r in await conn.execute(query)
             ]
 
-    async def add_job(
-        self, name: str, type: str, priority: int, settings: JSONValue, now: float
-    ) -> Job:
-        async with self._write() as conn:
-            row = (
-                await conn.execute(
-                    insert(jobs)
-                    .values(
-                        name=name, type=type, priority=priority, settings=settings, created_at=now
-                    )
-                    .returning(jobs)
-                )
-            ).one()
-        return _to_job(row)
-
     async def get_job(self, job_id: int) -> Job | None:
         async with self._read() as conn:
             row = (await conn.execute(select(jobs).where(jobs.c.id == job_id))).first()
         return None if row is None else _to_job(row)
-
-    async def list_jobs(self, limit: int) -> list[Job]:
-        async with self._read() as conn:
-            rows = await conn.execute(select(jobs).order_by(jobs.c.id.desc()).limit(limit))
-            return [_to_job(r) for r in rows]
 
 
 def _to_job(row: Any) -> Job:
