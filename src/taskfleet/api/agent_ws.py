@@ -23,9 +23,8 @@ from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected
 
-from taskfleet import __version__
+from taskfleet import __version__, loops
 from taskfleet.agent import protocol as wire
-from taskfleet.api import loops
 from taskfleet.api.agent_hub import Hub, wake_or_kick
 from taskfleet.api.auth import basic_credentials
 from taskfleet.api.problems import problem

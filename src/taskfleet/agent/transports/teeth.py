@@ -22,7 +22,7 @@ import uuid
 from collections.abc import Mapping
 from typing import Any, NoReturn
 
-from taskfleet import __version__
+from taskfleet import __version__, loops
 from taskfleet.agent import protocol as native
 from taskfleet.agent.handlers import Handler, HandlerError, TaskContext
 from taskfleet.agent.teeth import wire
@@ -199,18 +199,12 @@ class TeethSession:
     # -- serving ------------------------------------------------------------------------
 
     async def serve(self) -> None:
-        loops = [
-            asyncio.create_task(self._read_forever(), name="taskfleet-teeth-read"),
-            asyncio.create_task(self._ping_forever(), name="taskfleet-teeth-ping"),
-        ]
-        try:
-            done, _ = await asyncio.wait(loops, return_when=asyncio.FIRST_COMPLETED)
-            for loop in done:
-                loop.result()
-        finally:
-            for loop in loops:
-                loop.cancel()
-            await asyncio.gather(*loops, return_exceptions=True)
+        await loops.until_first_ends(
+            {
+                "taskfleet-teeth-read": self._read_forever(),
+                "taskfleet-teeth-ping": self._ping_forever(),
+            }
+        )
         raise Offline("the connection closed")
 
     async def _read_forever(self) -> None:

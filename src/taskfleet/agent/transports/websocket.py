@@ -22,6 +22,7 @@ from urllib.parse import urlsplit, urlunsplit
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
+from taskfleet import loops
 from taskfleet.agent import protocol as wire
 from taskfleet.agent.transports import AuthFailed, Host, Offline, Refused, Reply, TaskSpec
 
@@ -173,19 +174,13 @@ class WebSocketSession:
     # -- serving ------------------------------------------------------------------------
 
     async def serve(self) -> None:
-        loops = [
-            asyncio.create_task(self._read_forever(), name="taskfleet-ws-read"),
-            asyncio.create_task(self._ping_forever(), name="taskfleet-ws-ping"),
-            asyncio.create_task(self._capacity_forever(), name="taskfleet-ws-capacity"),
-        ]
-        try:
-            done, _ = await asyncio.wait(loops, return_when=asyncio.FIRST_COMPLETED)
-            for loop in done:
-                loop.result()
-        finally:
-            for loop in loops:
-                loop.cancel()
-            await asyncio.gather(*loops, return_exceptions=True)
+        await loops.until_first_ends(
+            {
+                "taskfleet-ws-read": self._read_forever(),
+                "taskfleet-ws-ping": self._ping_forever(),
+                "taskfleet-ws-capacity": self._capacity_forever(),
+            }
+        )
         raise Offline("the connection closed")
 
     async def _read_forever(self) -> None:

@@ -22,7 +22,7 @@ from typing import Any
 from starlette.responses import Response
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected
 
-from taskfleet.api import loops
+from taskfleet import loops
 from taskfleet.api.agent_hub import Hub
 from taskfleet.core import errors
 from taskfleet.core.agents import agent_channel

@@ -24,9 +24,9 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from taskfleet import loops
 from taskfleet.agent import protocol as native
 from taskfleet.agent.teeth import wire
-from taskfleet.api import loops
 from taskfleet.api.agent_hub import Hub, wake_or_kick
 from taskfleet.core import errors
 from taskfleet.core.agents import agent_channel

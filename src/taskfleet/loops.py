@@ -1,4 +1,5 @@
-"""The loops of one connection (read, push, heartbeat…), run as a unit."""
+"""The loops of one connection (read, push, heartbeat…), run as a unit: on the server's
+agent sockets and in the agent's transports alike."""
 
 from __future__ import annotations
 
@@ -9,10 +10,13 @@ from typing import Any
 
 async def until_first_ends(loops: Mapping[str, Coroutine[Any, Any, None]]) -> None:
     """Runs named loops until any of them ends, then cancels the others and waits for
-    them, so that no loop outlives its connection."""
+    them, so that no loop outlives its connection. The exception that ended the first
+    loop, if any, is raised."""
     running = [asyncio.create_task(loop, name=name) for name, loop in loops.items()]
     try:
-        await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            task.result()
     finally:
         for task in running:
             task.cancel()
