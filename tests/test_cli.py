@@ -13,7 +13,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from taskfleet import cli, client, config
+from taskfleet import cli, cli_common, client, config
 from tests.e2e.server_process import free_port
 
 
@@ -159,7 +159,7 @@ def test_every_command_has_help() -> None:
 
 
 def test_json_output_is_plain_json(capsys: pytest.CaptureFixture[str]) -> None:
-    cli._print_json({"é": [1, None]})
+    cli_common.print_json({"é": [1, None]})
     assert json.loads(capsys.readouterr().out) == {"é": [1, None]}
 
 

@@ -16,6 +16,15 @@ from urllib.parse import quote
 import click
 
 from taskfleet import __version__, cli_jobs, cli_remotes, client, config, logs, remotes_client
+from taskfleet.cli_common import (
+    CLIENT_FLAGS,
+    print_json,
+    remember,
+    remote,
+    server_option,
+    table,
+    when,
+)
 from taskfleet.client import TERMINAL, AdminClient, ClientError
 from taskfleet.config import Settings
 from taskfleet.core import errors
@@ -28,12 +37,10 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
-CLIENT_FLAGS = ("server_url", "token", "home")
 WAIT_POLL_SECONDS = 1.0  #: how often `--wait` and `--follow` refresh (the server answers early)
 LOG_PAGE = 1000  #: log chunks per request
 EXIT_TASK_FAILED = 3  #: `task submit --wait`: a task failed or was cancelled
 EXIT_INTERRUPTED = 130
-PIPE_WIDTH = 250  #: columns for tables when stdout is not a terminal
 
 
 class _Main(click.Group):
@@ -54,36 +61,6 @@ def _settings(ctx: click.Context, **flags: Any) -> Settings:
         return config.load(obj.get("config"), **values)
     except (OSError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
-
-
-def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
-    """Keeps a client flag for `_settings`, wherever on the command line it was given."""
-    if value is not None and param.name is not None:
-        ctx.find_root().ensure_object(dict)[param.name] = value
-    return value
-
-
-def _server_option(f: F) -> F:
-    return click.option(
-        "--server",
-        "server_url",
-        default=None,
-        expose_value=False,
-        callback=_remember,
-        help="Server URL [the logged-in one, else http://127.0.0.1:8080].",
-    )(f)
-
-
-def _remote(f: F) -> F:
-    """`--server` and `--token` on an admin command (they are accepted before it, too)."""
-    token = click.option(
-        "--token",
-        default=None,
-        expose_value=False,
-        callback=_remember,
-        help="API key or session token [the one saved by `taskfleet login`].",
-    )
-    return _server_option(token(f))
 
 
 def _api(ctx: click.Context) -> AdminClient:
@@ -118,26 +95,6 @@ def _read_secret(prompt: str, confirm: bool) -> str:
     return sys.stdin.readline().rstrip("\r\n")
 
 
-def _print_json(value: Any) -> None:
-    click.echo(json.dumps(value, indent=2, ensure_ascii=False))
-
-
-def _when(iso: str | None) -> str:
-    return "" if iso is None else iso[:19].replace("T", " ")
-
-
-def _table(headers: list[str], rows: list[list[str]]) -> None:
-    from rich import box
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(*headers, box=box.SIMPLE_HEAD)
-    for row in rows:
-        table.add_row(*row)
-    # Piped output has no terminal width to fit; keep rows whole for grep and friends.
-    Console(width=None if sys.stdout.isatty() else PIPE_WIDTH).print(table)
-
-
 @click.group(cls=_Main)
 @click.version_option(__version__, prog_name="taskfleet")
 @click.option(
@@ -147,12 +104,12 @@ def _table(headers: list[str], rows: list[list[str]]) -> None:
     default=None,
     help="TOML settings file.",
 )
-@_remote
+@remote
 @click.option(
     "--home",
     default=None,
     expose_value=False,
-    callback=_remember,
+    callback=remember,
     help="Folder for the saved login [~/.config/taskfleet].",
 )
 @click.pass_context
@@ -258,7 +215,7 @@ def account_list(ctx: click.Context, db: str | None) -> None:
 
 @main.command()
 @click.argument("name")
-@_server_option
+@server_option
 @click.pass_context
 def login(ctx: click.Context, name: str) -> None:
     """Log in to a server as NAME and save the session token.
@@ -324,7 +281,7 @@ def _payload(text: str | None) -> Any:
 @click.option("--max-attempts", type=click.IntRange(1, 100), default=None, help="[3]")
 @click.option("--timeout", type=click.FloatRange(0, min_open=True), help="Seconds it may run.")
 @click.option("--wait", is_flag=True, help="Show progress until done, then print the result.")
-@_remote
+@remote
 @click.pass_context
 def task_submit(ctx: click.Context, /, task_type: str, payload: str | None, **options: Any) -> None:
     """Queue a task of TYPE with an optional JSON payload (`-` reads it from stdin).
@@ -398,10 +355,10 @@ def _show(bars: Progress, row: TaskID, found: dict[str, Any]) -> None:
 def _print_outcome(ctx: click.Context, tasks: list[dict[str, Any]]) -> None:
     if len(tasks) == 1:
         if tasks[0]["status"] == TaskStatus.COMPLETED:
-            _print_json(tasks[0]["result"])
+            print_json(tasks[0]["result"])
     else:
         keys = ("id", "target", "status", "result", "error")
-        _print_json([{k: t[k] for k in keys} for t in tasks])
+        print_json([{k: t[k] for k in keys} for t in tasks])
     failed = [t for t in tasks if t["status"] != TaskStatus.COMPLETED]
     for found in failed:
         click.echo(f"Task {found['id']} {found['status']}: {found['error'] or ''}", err=True)
@@ -416,19 +373,19 @@ def _print_outcome(ctx: click.Context, tasks: list[dict[str, Any]]) -> None:
 @click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True)
 @click.option("--after", type=click.IntRange(0), default=None, help="Only ids above this one.")
 @click.option("--json", "as_json", is_flag=True, help="Print the raw JSON page.")
-@_remote
+@remote
 @click.pass_context
 def task_list(ctx: click.Context, /, task_type: str | None, as_json: bool, **filters: Any) -> None:
     """List tasks in id order."""
     with _api(ctx) as api:
         page = api.tasks(type=task_type, **filters)
     if as_json:
-        _print_json(page)
+        print_json(page)
         return
     rows = [_task_row(t) for t in page["tasks"]]
     if rows:
         headers = ["ID", "TYPE", "STATUS", "TARGET", "TRY", "PROGRESS", "UPDATED"]
-        _table(headers, rows)
+        table(headers, rows)
     else:
         click.echo("No tasks.", err=True)
     if page["next_after"] is not None:
@@ -445,23 +402,23 @@ def _task_row(t: dict[str, Any]) -> list[str]:
         target,
         f"{t['attempt']}/{t['max_attempts']}",
         "" if percent is None else f"{percent:.0f}%",
-        _when(t["updated_at"]),
+        when(t["updated_at"]),
     ]
 
 
 @task.command("show")
 @click.argument("task_id", type=int)
-@_remote
+@remote
 @click.pass_context
 def task_show(ctx: click.Context, task_id: int) -> None:
     """Print a task as JSON."""
     with _api(ctx) as api:
-        _print_json(api.task(task_id))
+        print_json(api.task(task_id))
 
 
 @task.command("cancel")
 @click.argument("task_id", type=int)
-@_remote
+@remote
 @click.pass_context
 def task_cancel(ctx: click.Context, task_id: int) -> None:
     """Cancel a queued task, or ask the agent running it to stop."""
@@ -472,7 +429,7 @@ def task_cancel(ctx: click.Context, task_id: int) -> None:
 
 @task.command("requeue")
 @click.argument("task_id", type=int)
-@_remote
+@remote
 @click.pass_context
 def task_requeue(ctx: click.Context, task_id: int) -> None:
     """Put a finished task back in the queue, with fresh attempts."""
@@ -484,7 +441,7 @@ def task_requeue(ctx: click.Context, task_id: int) -> None:
 @task.command("logs")
 @click.argument("task_id", type=int)
 @click.option("--follow", "-f", is_flag=True, help="Keep printing until the task ends.")
-@_remote
+@remote
 @click.pass_context
 def task_logs(ctx: click.Context, task_id: int, follow: bool) -> None:
     """Print a task's log."""
@@ -542,19 +499,19 @@ def agent() -> None:
 
 @agent.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print the raw JSON.")
-@_remote
+@remote
 @click.pass_context
 def agent_list(ctx: click.Context, as_json: bool) -> None:
     """List agents."""
     with _api(ctx) as api:
         found = api.agents()
     if as_json:
-        _print_json(found)
+        print_json(found)
     elif not found:
         click.echo("No agents.", err=True)
     else:
         headers = ["NAME", "STATUS", "ONLINE", "LAST SEEN", "TAGS", "GROUPS", "TYPES"]
-        _table(headers, [_agent_row(a) for a in found])
+        table(headers, [_agent_row(a) for a in found])
 
 
 def _agent_row(a: dict[str, Any]) -> list[str]:
@@ -562,7 +519,7 @@ def _agent_row(a: dict[str, Any]) -> list[str]:
         a["name"] if a["enabled"] else f"{a['name']} (disabled)",
         a["status"],
         "yes" if a["online"] else "no",
-        _when(a["last_seen"]),
+        when(a["last_seen"]),
         ",".join(a["tags"]),
         ",".join(a["groups"]),
         ",".join(a["task_types"]) or "any",
@@ -571,17 +528,17 @@ def _agent_row(a: dict[str, Any]) -> list[str]:
 
 @agent.command("show")
 @click.argument("name")
-@_remote
+@remote
 @click.pass_context
 def agent_show(ctx: click.Context, name: str) -> None:
     """Print an agent as JSON."""
     with _api(ctx) as api:
-        _print_json(api.agent(name))
+        print_json(api.agent(name))
 
 
 @agent.command("enable")
 @click.argument("name")
-@_remote
+@remote
 @click.pass_context
 def agent_enable(ctx: click.Context, name: str) -> None:
     """Enable an agent: accept one pending approval (a new teeth agent under the
@@ -593,7 +550,7 @@ def agent_enable(ctx: click.Context, name: str) -> None:
 
 @agent.command("disable")
 @click.argument("name")
-@_remote
+@remote
 @click.pass_context
 def agent_disable(ctx: click.Context, name: str) -> None:
     """Disable an agent: it stays connected but gets no new work."""
@@ -606,17 +563,17 @@ def agent_disable(ctx: click.Context, name: str) -> None:
 @click.argument("agent_name", metavar="AGENT")
 @click.option("--limit", type=click.IntRange(1, 10_000), default=None, help="Newest N only.")
 @click.option("--json", "as_json", is_flag=True, help="Print the raw JSON.")
-@_remote
+@remote
 @click.pass_context
 def events(ctx: click.Context, agent_name: str, limit: int | None, as_json: bool) -> None:
     """Print the events AGENT reported, oldest first."""
     with _api(ctx) as api:
         found = api.events(agent_name, limit)
     if as_json:
-        _print_json(found)
+        print_json(found)
         return
     for event in found:
-        click.echo(f"{_when(event['time'])}  {json.dumps(event['data'], ensure_ascii=False)}")
+        click.echo(f"{when(event['time'])}  {json.dumps(event['data'], ensure_ascii=False)}")
 
 
 main.add_command(cli_jobs.job)

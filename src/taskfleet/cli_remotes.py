@@ -10,12 +10,7 @@ from typing import IO
 
 import click
 
-from taskfleet.cli_jobs import _call, _print_json, _remote, _table
-
-
-def _when(iso: str | None) -> str:
-    return "" if iso is None else iso[:19].replace("T", " ")
-
+from taskfleet.cli_common import call, print_json, remote, table, when
 
 # -- registration tokens ------------------------------------------------------------------------
 
@@ -28,11 +23,11 @@ def token() -> None:
 @token.command("create")
 @click.option("--name", default="", help="What the token is for.")
 @click.option("--expires-in", type=click.FloatRange(min=1), default=None, help="Seconds.")
-@_remote
+@remote
 @click.pass_context
 def token_create(ctx: click.Context, name: str, expires_in: float | None) -> None:
     """Create a token and print it: this is the only time it is shown."""
-    created = _call(
+    created = call(
         ctx, "POST", "/registration-tokens", json={"name": name, "expires_in": expires_in}
     )
     click.echo(created["token"])
@@ -41,13 +36,13 @@ def token_create(ctx: click.Context, name: str, expires_in: float | None) -> Non
 
 @token.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print the raw JSON.")
-@_remote
+@remote
 @click.pass_context
 def token_list(ctx: click.Context, as_json: bool) -> None:
     """List tokens (never the tokens themselves)."""
-    found = _call(ctx, "GET", "/registration-tokens")
+    found = call(ctx, "GET", "/registration-tokens")
     if as_json:
-        _print_json(found)
+        print_json(found)
     elif not found:
         click.echo("No registration tokens.", err=True)
     else:
@@ -56,24 +51,24 @@ def token_list(ctx: click.Context, as_json: bool) -> None:
             [
                 str(t["id"]),
                 t["name"],
-                _when(t["created_at"]),
-                _when(t["expires_at"]),
-                _when(t["revoked_at"]),
+                when(t["created_at"]),
+                when(t["expires_at"]),
+                when(t["revoked_at"]),
                 str(t["uses"]),
-                _when(t["last_used_at"]),
+                when(t["last_used_at"]),
             ]
             for t in found
         ]
-        _table(headers, rows)
+        table(headers, rows)
 
 
 @token.command("revoke")
 @click.argument("token_id", type=click.IntRange(1))
-@_remote
+@remote
 @click.pass_context
 def token_revoke(ctx: click.Context, token_id: int) -> None:
     """No more registrations with TOKEN_ID; hosts registered with it stay."""
-    _call(ctx, "DELETE", f"/registration-tokens/{token_id}")
+    call(ctx, "DELETE", f"/registration-tokens/{token_id}")
     click.echo(f"Registration token {token_id} revoked.")
 
 
@@ -92,7 +87,7 @@ def command_group() -> None:
 @click.option("--starts", default=None, help="Run only after this time (ISO 8601, UTC).")
 @click.option("--ends", default=None, help="Run only before this time (ISO 8601, UTC).")
 @click.option("--host-group", "host_groups", multiple=True, help="Agent group; repeatable.")
-@_remote
+@remote
 @click.pass_context
 def group_add(
     ctx: click.Context,
@@ -112,18 +107,18 @@ def group_add(
         "ends_at": ends,
         "host_groups": list(host_groups),
     }
-    click.echo(_call(ctx, "POST", "/command-groups", json=body)["id"])
+    click.echo(call(ctx, "POST", "/command-groups", json=body)["id"])
 
 
 @command_group.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print the raw JSON.")
-@_remote
+@remote
 @click.pass_context
 def group_list(ctx: click.Context, as_json: bool) -> None:
     """List command groups in run order."""
-    found = _call(ctx, "GET", "/command-groups")
+    found = call(ctx, "GET", "/command-groups")
     if as_json:
-        _print_json(found)
+        print_json(found)
     elif not found:
         click.echo("No command groups.", err=True)
     else:
@@ -134,31 +129,31 @@ def group_list(ctx: click.Context, as_json: bool) -> None:
                 g["name"],
                 str(g["order"]),
                 "yes" if g["active"] else "no",
-                _when(g["starts_at"]),
-                _when(g["ends_at"]),
+                when(g["starts_at"]),
+                when(g["ends_at"]),
                 ",".join(g["host_groups"]),
             ]
             for g in found
         ]
-        _table(headers, rows)
+        table(headers, rows)
 
 
 @command_group.command("show")
 @click.argument("group_id", type=click.IntRange(1))
-@_remote
+@remote
 @click.pass_context
 def group_show(ctx: click.Context, group_id: int) -> None:
     """Print a command group as JSON."""
-    _print_json(_call(ctx, "GET", f"/command-groups/{group_id}"))
+    print_json(call(ctx, "GET", f"/command-groups/{group_id}"))
 
 
 @command_group.command("remove")
 @click.argument("group_id", type=click.IntRange(1))
-@_remote
+@remote
 @click.pass_context
 def group_remove(ctx: click.Context, group_id: int) -> None:
     """Delete a command group and its commands (the tasks of their runs stay)."""
-    _call(ctx, "DELETE", f"/command-groups/{group_id}")
+    call(ctx, "DELETE", f"/command-groups/{group_id}")
     click.echo(f"Command group {group_id} removed.")
 
 
@@ -195,7 +190,7 @@ def _settings(values: tuple[str, ...]) -> dict[str, str]:
     help="Host variable set from its result list, in order; repeatable.",
 )
 @click.option("--timeout", type=click.IntRange(1), default=None, help="Seconds.")
-@_remote
+@remote
 @click.pass_context
 def command_add(
     ctx: click.Context,
@@ -221,20 +216,20 @@ def command_add(
         "result_variables": list(result_variables),
         "timeout_seconds": timeout,
     }
-    click.echo(_call(ctx, "POST", "/commands", json=body)["id"])
+    click.echo(call(ctx, "POST", "/commands", json=body)["id"])
 
 
 @command.command("list")
 @click.option("--group", "group_id", type=click.IntRange(1), default=None, help="One group's.")
 @click.option("--json", "as_json", is_flag=True, help="Print the raw JSON.")
-@_remote
+@remote
 @click.pass_context
 def command_list(ctx: click.Context, group_id: int | None, as_json: bool) -> None:
     """List commands in run order."""
     params = {} if group_id is None else {"group": group_id}
-    found = _call(ctx, "GET", "/commands", params=params)
+    found = call(ctx, "GET", "/commands", params=params)
     if as_json:
-        _print_json(found)
+        print_json(found)
     elif not found:
         click.echo("No commands.", err=True)
     else:
@@ -250,35 +245,35 @@ def command_list(ctx: click.Context, group_id: int | None, as_json: bool) -> Non
             ]
             for c in found
         ]
-        _table(headers, rows)
+        table(headers, rows)
 
 
 @command.command("show")
 @click.argument("command_id", type=click.IntRange(1))
-@_remote
+@remote
 @click.pass_context
 def command_show(ctx: click.Context, command_id: int) -> None:
     """Print a command as JSON."""
-    _print_json(_call(ctx, "GET", f"/commands/{command_id}"))
+    print_json(call(ctx, "GET", f"/commands/{command_id}"))
 
 
 @command.command("runs")
 @click.argument("command_id", type=click.IntRange(1))
-@_remote
+@remote
 @click.pass_context
 def command_runs(ctx: click.Context, command_id: int) -> None:
     """Print the command's runs (tasks), newest first: one JSON line each."""
-    for task in _call(ctx, "GET", f"/commands/{command_id}/runs"):
+    for task in call(ctx, "GET", f"/commands/{command_id}/runs"):
         click.echo(json.dumps(task, ensure_ascii=False))
 
 
 @command.command("remove")
 @click.argument("command_id", type=click.IntRange(1))
-@_remote
+@remote
 @click.pass_context
 def command_remove(ctx: click.Context, command_id: int) -> None:
     """Delete a command (the tasks of its runs stay)."""
-    _call(ctx, "DELETE", f"/commands/{command_id}")
+    call(ctx, "DELETE", f"/commands/{command_id}")
     click.echo(f"Command {command_id} removed.")
 
 
