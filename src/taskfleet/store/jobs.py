@@ -10,11 +10,10 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, delete, distinct, exists, func, insert, select, update
+from sqlalchemy import ColumnElement, and_, delete, distinct, func, insert, select, update
 
 from taskfleet.core import errors
 from taskfleet.core.models import (
-    Agent,
     BlacklistEntry,
     Job,
     JobSummary,
@@ -34,27 +33,6 @@ from taskfleet.store.tables import (
 )
 
 RUNNING = (TaskStatus.ACTIVE.value, TaskStatus.CANCEL_REQUESTED.value)
-
-
-def runnable_by(agent: Agent) -> ColumnElement[bool]:
-    """SQL for "every parent has completed, this agent has not failed the task, and it is
-    not blacklisted for the task's job and type". Part of the claim's WHERE clause, so a
-    blocked task never hides the ones behind it in the queue."""
-    parent = tasks.alias("parent")
-    waiting = exists().where(
-        task_parents.c.task_id == tasks.c.id,
-        parent.c.id == task_parents.c.parent_id,
-        parent.c.status != TaskStatus.COMPLETED.value,
-    )
-    failed_here = exists().where(
-        task_failures.c.task_id == tasks.c.id, task_failures.c.agent_id == agent.id
-    )
-    banned = exists().where(
-        job_blacklist.c.job_id == tasks.c.job_id,
-        job_blacklist.c.task_type == tasks.c.type,
-        job_blacklist.c.agent_id == agent.id,
-    )
-    return and_(~waiting, ~failed_here, ~banned)
 
 
 async def forget_failures(conn: Conn, task_ids: Sequence[int]) -> None:

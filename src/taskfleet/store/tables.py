@@ -18,6 +18,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     false,
+    text,
 )
 
 metadata = MetaData(
@@ -142,10 +143,28 @@ tasks = Table(
     Column("updated_at", Float, nullable=False),
     Column("claimed_at", Float),
     Column("finished_at", Float),
-    # The claim query walks this index in (job priority desc, priority desc, id) order
-    # among queued tasks.
-    Index("ix_tasks_queue", "status", "job_priority", "priority", "id"),
     Index("ix_tasks_lease", "status", "lease_expires"),
+)
+
+# The claim reads the best queued task of each kind of target it may take, each in
+# (job priority desc, priority desc, id) order straight off one of these: the first row
+# that passes is the answer, however deep the queue (store/queue.py). Partial, so finished
+# tasks never weigh on them.
+QUEUED_ORDER = (tasks.c.job_priority.desc(), tasks.c.priority.desc(), tasks.c.id)
+Index(
+    "ix_tasks_queued",
+    tasks.c.target_kind,
+    *QUEUED_ORDER,
+    sqlite_where=text("status = 'queued'"),
+    postgresql_where=text("status = 'queued'"),
+)
+Index(
+    "ix_tasks_queued_for",
+    tasks.c.target_kind,
+    tasks.c.target,
+    *QUEUED_ORDER,
+    sqlite_where=text("status = 'queued'"),
+    postgresql_where=text("status = 'queued'"),
 )
 
 #: A task is claimable only once every parent has completed (a job's dependencies).

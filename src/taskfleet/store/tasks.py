@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, func, insert, literal, or_, select, update
+from sqlalchemy import ColumnElement, Select, and_, func, insert, or_, select, update
 
 from taskfleet.core import errors
 from taskfleet.core.models import (
@@ -20,47 +20,19 @@ from taskfleet.core.models import (
     NewTask,
     Output,
     Progress,
-    TargetKind,
     Task,
     TaskFilter,
     TaskStatus,
 )
 from taskfleet.store.base import Base, Conn, task_row, to_task
-from taskfleet.store.jobs import forget_failures, runnable_by
+from taskfleet.store.jobs import forget_failures
+from taskfleet.store.queue import TAKE, best_queued
 from taskfleet.store.tables import jobs, task_logs, task_outputs, tasks
 
 RUNNING = (TaskStatus.ACTIVE.value, TaskStatus.CANCEL_REQUESTED.value)
 TERMINAL = (TaskStatus.COMPLETED.value, TaskStatus.FAILED.value, TaskStatus.CANCELLED.value)
 REAP_BATCH = 500
-
-
-def _tags_subset(agent_tags: Sequence[str]) -> ColumnElement[bool]:
-    """SQL for "every tag in the task's comma-joined target is one of the agent's tags":
-    removing each of the agent's tags from ",t1,t2," leaves ",". Done in SQL so that
-    the claim can lock exactly the one row it takes, and tasks nobody can run never
-    hide the ones further down the queue."""
-    rest: ColumnElement[str] = literal(",") + tasks.c.target + literal(",")
-    for tag in sorted(set(agent_tags)):
-        rest = func.replace(rest, f",{tag},", ",")
-    return rest == ","
-
-
-def _eligible(agent: Agent) -> ColumnElement[bool]:
-    """SQL for "this agent may run this queued task"."""
-    targets = [
-        and_(tasks.c.target_kind == TargetKind.AGENT.value, tasks.c.target == agent.name),
-        tasks.c.target_kind == TargetKind.ANY.value,
-    ]
-    if agent.groups:
-        targets.append(
-            and_(tasks.c.target_kind == TargetKind.GROUP.value, tasks.c.target.in_(agent.groups))
-        )
-    if agent.tags:
-        targets.append(and_(tasks.c.target_kind == TargetKind.TAGS.value, _tags_subset(agent.tags)))
-    condition = and_(tasks.c.status == TaskStatus.QUEUED.value, or_(*targets))
-    if agent.task_types:
-        condition = and_(condition, tasks.c.type.in_(agent.task_types))
-    return and_(condition, runnable_by(agent))
+CLAIM_TRIES = 5  #: a claim that keeps losing races gives up and lets the agent poll again
 
 
 def _filtered(query: TaskFilter) -> Select[Any]:
@@ -106,45 +78,25 @@ class TaskQueries(Base):
             return {TaskStatus(r.status): int(r.n) for r in await conn.execute(query)}
 
     async def claim_task(self, agent: Agent, now: float, lease_seconds: float) -> Task | None:
-        best = (
-            select(tasks.c.id)
-            .where(_eligible(agent))
-            .order_by(tasks.c.job_priority.desc(), tasks.c.priority.desc(), tasks.c.id)
-            .limit(1)
-        )
-        # Most claims find nothing (idle agents polling): answer those with a read, which
-        # takes no write lock, and open the write transaction only when there is work.
-        async with self._read() as conn:
-            if (await conn.execute(best)).first() is None:
-                return None
-        if not self.sqlite:
-            # Lock only the row we take: concurrent claimers skip it and take the next.
-            best = best.with_for_update(skip_locked=True)
-        async with self._write() as conn:
-            chosen = (await conn.execute(best)).scalar()
+        params = {"agent_id": agent.id, "expires": now + lease_seconds, "now": now}
+        for _ in range(CLAIM_TRIES):
+            # Most claims find nothing (idle agents polling): answer those with a read,
+            # which takes no write lock, and open the write transaction only for work.
+            async with self._read() as conn:
+                chosen = await best_queued(conn, agent)
             if chosen is None:
                 return None
-            row = (
-                await conn.execute(
-                    update(tasks)
-                    .where(tasks.c.id == chosen, tasks.c.status == TaskStatus.QUEUED.value)
-                    .values(
-                        status=TaskStatus.ACTIVE.value,
-                        attempt=tasks.c.attempt + 1,
-                        lease_owner=agent.id,
-                        lease_expires=now + lease_seconds,
-                        claimed_at=now,
-                        updated_at=now,
-                        progress_percent=None,
-                        progress_eta=None,
-                        activity="",
-                        error=None,
-                        result=None,
-                    )
-                    .returning(tasks)
-                )
-            ).first()
-        return None if row is None else to_task(row)
+            async with self._write() as conn:
+                if not self.sqlite:
+                    # Lock only the rows we look at: concurrent claimers skip them.
+                    chosen = await best_queued(conn, agent, lock=True)
+                    if chosen is None:
+                        return None
+                row = (await conn.execute(TAKE, {**params, "chosen": chosen})).first()
+            if row is not None:
+                return to_task(row)
+            # Another claimer (another process on SQLite) took it first: look again.
+        return None
 
     def _current(self, task_id: int, agent_id: int, attempt: int) -> ColumnElement[bool]:
         return and_(
