@@ -56,7 +56,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     bus = await _open_bus(settings, store)
     found = wire(settings, store, bus)
     app.state.services = found
-    app.state.agent_hub = hub = agent_hub.Hub(found)
+    app.state.agent_hub = hub = agent_hub.Hub(found, bus)
     app.state.teeth = listener = teeth.Listener(found, hub)
     await listener.start()
     reaper = asyncio.create_task(_reap_forever(found), name="taskfleet-reaper")
@@ -111,6 +111,7 @@ def build(settings: Settings) -> FastAPI:
         return problems.to_problem(exc)
 
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(agent_ws.Shortcut)  # the outermost of ours: see its docstring
     return app
 
 

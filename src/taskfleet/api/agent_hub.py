@@ -1,4 +1,12 @@
-"""Live agent websocket connections of one app, and the grace period of lost agents.
+"""Live agent websocket connections of one app, their shared timer, and the grace period
+of lost agents.
+
+One task per app, not one per connection, keeps time for every native connection: it
+asks each to ping when its interval is up, to close when it stayed silent too long, and,
+once per poll interval when the queue holds anything, to try a claim (the fallback for
+work that became runnable without a wake-up). Idle connections wait on bus subscriptions,
+which cost no task or future; at thousands of agents per server that is most of its
+memory and CPU.
 
 When an agent's last connection closes, the agent is marked offline; if it has not come
 back (here or on another replica) after `agent_grace_seconds`, its active tasks go back
@@ -9,14 +17,81 @@ lifespan in `app.py`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from taskfleet.core import errors
-from taskfleet.core.models import Agent
+from taskfleet.core.agents import agent_channel, control_channel, is_control_channel
+from taskfleet.core.models import Agent, Task, TaskFilter, TaskStatus
 from taskfleet.core.ports import Bus
+from taskfleet.core.tasks import QUEUE_CHANNEL
 from taskfleet.services import Services
 
 log = logging.getLogger(__name__)
+
+MAX_TICK_SECONDS = 1.0  #: how late a ping or an idle timeout may be
+
+
+class Subscriptions(Protocol):
+    """A bus that calls listeners back (`LocalBus.subscribe`)."""
+
+    def subscribe(
+        self, channels: Sequence[str], listener: Callable[[str], None]
+    ) -> Callable[[], None]: ...
+
+
+class Timed(Protocol):
+    """A connection the hub keeps time for."""
+
+    def on_tick(self, now: float, queued: bool) -> None:
+        """`now` is `time.monotonic()`; `queued` is True once per poll interval when the
+        queue holds a task. Must not block: it only notes what is due."""
+
+
+class LongPoll:
+    """The wake-ups of one long-poll: its agent's bus channels and the hub's queue poll.
+    A wake-up that comes while it claims is kept, so none is lost between two claims."""
+
+    __slots__ = ("_sleeper", "control", "woken")
+
+    def __init__(self) -> None:
+        self.woken = False
+        self.control = False  #: the agent's record may have changed: re-read it
+        self._sleeper: asyncio.Future[None] | None = None
+
+    def on_bus(self, channel: str) -> None:
+        self.control |= is_control_channel(channel)
+        self._wake()
+
+    def on_tick(self, now: float, queued: bool) -> None:
+        if queued:
+            self._wake()
+
+    def _wake(self) -> None:
+        self.woken = True
+        if self._sleeper is not None and not self._sleeper.done():
+            self._sleeper.set_result(None)
+
+    async def sleep(self, seconds: float) -> None:
+        """Until a wake-up (or at once, if one came since the last sleep) or `seconds`."""
+        if not self.woken:
+            loop = asyncio.get_running_loop()
+            self._sleeper = sleeper = loop.create_future()
+            timer = loop.call_later(seconds, _settle, sleeper)
+            try:
+                await sleeper
+            finally:
+                timer.cancel()
+                self._sleeper = None
+        self.woken = False
+
+
+def _settle(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 async def wake_or_kick(bus: Bus, channels: list[str], kick: asyncio.Event, timeout: float) -> bool:
@@ -38,12 +113,56 @@ async def wake_or_kick(bus: Bus, channels: list[str], kick: asyncio.Event, timeo
 
 
 class Hub:
-    """Live agent connections of this app, and the grace timers of lost ones."""
+    """Live agent connections of this app, their timer, and the grace timers of lost ones."""
 
-    def __init__(self, found: Services) -> None:
+    def __init__(self, found: Services, bus: Subscriptions) -> None:
         self._found = found
+        self._bus = bus
         self._live: dict[str, int] = {}
         self._grace: dict[str, asyncio.Task[None]] = {}
+        self._timed: set[Timed] = set()
+        self._ticker: asyncio.Task[None] | None = None
+
+    def subscribe(
+        self, channels: Sequence[str], listener: Callable[[str], None]
+    ) -> Callable[[], None]:
+        """Calls `listener(channel)` on each notification until the returned function is
+        called."""
+        return self._bus.subscribe(channels, listener)
+
+    def keep_time(self, conn: Timed) -> None:
+        self._timed.add(conn)
+        if self._ticker is None:
+            self._ticker = asyncio.create_task(self._tick_forever(), name="taskfleet-agent-hub")
+
+    def stop_time(self, conn: Timed) -> None:
+        self._timed.discard(conn)
+
+    async def claim_wait(
+        self, agent: Agent, timeout: float, lease_seconds: float | None = None
+    ) -> Task | None:
+        """`TaskService.claim_wait` for long-polls held by the thousand: a subscription
+        misses no wake-up, so instead of a claim of its own every poll interval it relies
+        on the hub's single queue poll."""
+        tasks, poll = self._found.tasks, LongPoll()
+        channels = [QUEUE_CHANNEL, agent_channel(agent.name), control_channel(agent.name)]
+        unsubscribe = self.subscribe(channels, poll.on_bus)
+        self.keep_time(poll)
+        deadline = time.monotonic() + max(0.0, timeout)
+        try:
+            while True:
+                if poll.control:
+                    poll.control = False
+                    with contextlib.suppress(errors.NotFound):
+                        agent = await self._found.agents.get_by_id(agent.id)
+                task = await tasks.claim(agent, lease_seconds)
+                remaining = deadline - time.monotonic()
+                if task is not None or remaining <= 0 or tasks.stopping:
+                    return task
+                await poll.sleep(remaining)
+        finally:
+            unsubscribe()
+            self.stop_time(poll)
 
     def attach(self, agent: Agent) -> None:
         self._live[agent.name] = self._live.get(agent.name, 0) + 1
@@ -89,8 +208,35 @@ class Hub:
             if self._grace.get(agent.name) is asyncio.current_task():
                 del self._grace[agent.name]
 
+    async def _tick_forever(self) -> None:
+        settings = self._found.settings
+        tick = min(
+            MAX_TICK_SECONDS, settings.agent_ping_interval / 4, settings.agent_idle_timeout / 4
+        )
+        polled = time.monotonic()
+        while True:
+            await asyncio.sleep(tick)
+            now = time.monotonic()
+            queued = False
+            if now - polled >= self._found.tasks.poll_interval and self._timed:
+                polled = now
+                queued = await self._queued()
+            for conn in list(self._timed):
+                conn.on_tick(time.monotonic(), queued)
+
+    async def _queued(self) -> bool:
+        """One query for the whole hub, so that an idle fleet does not poll claim by claim."""
+        try:
+            found = await self._found.tasks.find(TaskFilter(status=TaskStatus.QUEUED, limit=1))
+        except Exception:
+            log.exception("queue poll failed", extra={"action": "agent_hub_poll"})
+            return True  # let every connection look for itself
+        return bool(found)
+
     async def close(self) -> None:
         timers = list(self._grace.values())
+        if self._ticker is not None:
+            timers.append(self._ticker)
         for timer in timers:
             timer.cancel()
         await asyncio.gather(*timers, return_exceptions=True)

@@ -1,11 +1,13 @@
 """The native agent protocol over a websocket at /api/v1/agent/ws (docs/agent-protocol.md).
 
 One `Connection` per socket. It authenticates (HTTP Basic on the upgrade, or name and
-secret in the first `hello`), then runs three named tasks until one of them ends: the
-reader handles the agent's requests and responses in order; the pusher claims work while
-the agent has free slots and sends `task.run`, and sends `task.cancel` and `status_change`
-as they come up; the pinger pings and closes a connection that stays silent too long.
-The `Hub` (api/agent_hub.py) counts live connections and requeues a lost agent's tasks.
+secret in the first `hello`), then reads: the agent's requests and responses, in order, in
+the socket's own task. Everything the server starts is done by a pusher task that exists
+only while there is something to do: claiming work while the agent has free slots and
+sending `task.run`, sending `task.cancel` and `status_change`, pinging, and closing a
+connection that stayed silent too long. The bus (new tasks, control news) and the `Hub`'s
+shared timer (api/agent_hub.py) say what is due; an idle connection has no task of its
+own, which is what lets one server hold thousands of agents.
 
 Domain errors become `error` responses; protocol violations and unexpected failures become
 `fatal_error` and a close. Nothing an agent sends can take the server down.
@@ -21,15 +23,16 @@ import time
 from collections.abc import Coroutine
 from typing import Any
 
+from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected
 
-from taskfleet import __version__, loops
+from taskfleet import __version__
 from taskfleet.agent import protocol as wire
-from taskfleet.api.agent_hub import Hub, wake_or_kick
+from taskfleet.api.agent_hub import Hub
 from taskfleet.api.auth import basic_credentials
 from taskfleet.api.problems import problem
 from taskfleet.core import errors
-from taskfleet.core.agents import agent_channel
+from taskfleet.core.agents import agent_channel, control_channel, is_control_channel
 from taskfleet.core.models import Agent, AgentStatus, Principal, Progress, Task, TaskFilter
 from taskfleet.core.models import TaskStatus as TS
 from taskfleet.core.tasks import QUEUE_CHANNEL, check_progress
@@ -56,22 +59,26 @@ METHODS = {
 
 
 class Connection:
-    """One agent's websocket: lean per-connection state, three named tasks."""
+    """One agent's websocket: lean per-connection state, a pusher task only when needed."""
 
     __slots__ = (
         "_cancels_sent",
+        "_closed",
         "_concurrency",
+        "_control_due",
+        "_expired",
+        "_fill_due",
         "_found",
         "_heard",
         "_hub",
         "_idle_sent",
         "_ids",
         "_in_flight",
-        "_kick",
         "_limit",
         "_pending",
-        "_refresh",
-        "_refreshed_at",
+        "_ping_due",
+        "_pinged",
+        "_pusher",
         "_send_lock",
         "_status_sent",
         "_ws",
@@ -92,11 +99,13 @@ class Connection:
         #: our requests awaiting the agent's response: id -> (method, task id, attempt)
         self._pending: dict[str, tuple[str, int, int]] = {}
         self._ids = itertools.count(1)
-        self._kick = asyncio.Event()
-        self._refresh = False
-        self._refreshed_at = 0.0
         self._send_lock = asyncio.Lock()
-        self._heard = time.monotonic()
+        self._heard = self._pinged = time.monotonic()
+        # What the pusher has to do next (see `_push`).
+        self._fill_due = self._control_due = self._ping_due = False
+        self._expired: str | None = None
+        self._pusher: asyncio.Task[None] | None = None
+        self._closed = False
 
     # -- lifetime -------------------------------------------------------------------------
 
@@ -113,25 +122,30 @@ class Connection:
             return
         self._hub.attach(agent)
         try:
-            await self._run_loops(agent.name)
+            await self._run(agent.name)
         finally:
             await self._hub.detach(agent)
 
-    async def _run_loops(self, name: str) -> None:
+    async def _run(self, name: str) -> None:
+        unsubscribe = self._hub.subscribe(
+            [QUEUE_CHANNEL, agent_channel(name), control_channel(name)], self._on_bus
+        )
+        self._hub.keep_time(self)
         try:
-            await loops.until_first_ends(
-                {
-                    f"taskfleet-ws-read:{name}": self._guard(self._read_forever()),
-                    f"taskfleet-ws-push:{name}": self._guard(self._push_forever()),
-                    f"taskfleet-ws-ping:{name}": self._guard(self._ping_forever()),
-                }
-            )
+            self._due(fill=True, control=True)
+            await self._guard(self._read_forever())
         finally:
+            self._closed = True
+            unsubscribe()
+            self._hub.stop_time(self)
+            if (pusher := self._pusher) is not None:
+                pusher.cancel()
+                await asyncio.gather(pusher, return_exceptions=True)
             with contextlib.suppress(Exception):
                 await self._ws.close()
 
     async def _guard(self, loop: Coroutine[Any, Any, None]) -> None:
-        """Ends one loop cleanly: a violation or failure closes the connection, nothing more."""
+        """Ends a loop cleanly: a violation or failure closes the connection, nothing more."""
         try:
             await loop
         except wire.ProtocolError as exc:
@@ -145,6 +159,7 @@ class Connection:
             await self._fatal("internal error; the server log has the details", code=1011)
 
     async def _fatal(self, message: str, code: int = 1008) -> None:
+        self._closed = True
         name = self.agent.name if self.agent else "?"
         log.info("closing agent %s: %s", name, message, extra={"action": "agent_ws_fatal"})
         with contextlib.suppress(Exception):
@@ -288,21 +303,42 @@ class Connection:
             raise wire.ProtocolError(f"status_change answered with {status!r}") from None
         current = await self._found.agents.get(self.agent.name)
         self.agent = await self._found.agents.acknowledge_status(current, applied)
-        self._wake(refresh=True)
+        self._due(control=True)
 
     def _forget(self, task_id: int) -> None:
         if self._in_flight.pop(task_id, None) is not None:
-            self._wake()
+            self._due(fill=True)
 
-    def _wake(self, refresh: bool = False) -> None:
-        self._refresh = self._refresh or refresh
-        self._kick.set()
+    def _due(self, *, fill: bool = False, control: bool = False, ping: bool = False) -> None:
+        """Notes what is due and starts the pusher unless it runs already."""
+        self._fill_due |= fill or control  # a changed agent may take other work
+        self._control_due |= control
+        self._ping_due |= ping
+        if self._pusher is None and not self._closed:
+            name = self.agent.name if self.agent else "?"
+            self._pusher = asyncio.create_task(self._push(), name=f"taskfleet-ws-push:{name}")
+
+    def _on_bus(self, channel: str) -> None:
+        self._due(fill=True, control=is_control_channel(channel))
+
+    def on_tick(self, now: float, queued: bool) -> None:
+        settings = self._found.settings
+        silent = now - self._heard
+        if silent > settings.agent_idle_timeout:
+            timeout = settings.agent_idle_timeout
+            self._expired = f"no message for {silent:.1f} s (timeout {timeout:g} s)"
+            self._due()
+        elif now - self._pinged >= settings.agent_ping_interval:
+            self._pinged = now
+            self._due(ping=True)
+        if queued and len(self._in_flight) < self._concurrency:
+            self._due(fill=True)
 
     # -- agent -> server methods ----------------------------------------------------------
 
     async def _on_capacity(self, p: wire.Params) -> dict[str, Any]:
         self._concurrency = self._checked_concurrency(p)
-        self._wake()
+        self._due(fill=True)
         return {"concurrency": self._concurrency}
 
     async def _on_task_status(self, p: wire.Params) -> dict[str, Any]:
@@ -361,27 +397,26 @@ class Connection:
 
     # -- the pusher ---------------------------------------------------------------------
 
-    async def _push_forever(self) -> None:
-        assert self.agent is not None
-        channels = [QUEUE_CHANNEL, agent_channel(self.agent.name)]
-        poll = self._found.tasks.poll_interval
-        refresh = True
-        while True:
-            # A busy agent is woken by its own results, never by the bus: re-read anyway
-            # once per poll interval, so cancels and status changes still get through.
-            if refresh or self._refresh or time.monotonic() - self._refreshed_at >= poll:
-                self._refresh = False
-                self._refreshed_at = time.monotonic()
-                await self._control()
-            await self._fill()
-            refresh = await self._wait(channels)
+    async def _push(self) -> None:
+        """Does what is due, then ends; `_due` starts it again when more comes up."""
+        await self._guard(self._push_due())
 
-    async def _wait(self, channels: list[str]) -> bool:
-        """Sleeps until a wake-up; True when it came from the bus or the poll interval
-        (re-read the agent), False when a local kick freed a slot."""
-        return await wake_or_kick(
-            self._found.bus, channels, self._kick, self._found.tasks.poll_interval
-        )
+    async def _push_due(self) -> None:
+        try:
+            while not self._closed and (self._expired or self._ping_due or self._fill_due):
+                if self._expired:
+                    raise wire.ProtocolError(self._expired)
+                if self._ping_due:
+                    self._ping_due = False
+                    await self._request("ping", {})
+                if self._control_due:
+                    self._control_due = False
+                    await self._control()
+                if self._fill_due:
+                    self._fill_due = False
+                    await self._fill()
+        finally:
+            self._pusher = None
 
     async def _control(self) -> None:
         """Re-reads the agent; sends a pending status change and new cancel requests."""
@@ -429,20 +464,6 @@ class Connection:
             "timeout_seconds": task.timeout_seconds,
         }
 
-    # -- the pinger -----------------------------------------------------------------------
-
-    async def _ping_forever(self) -> None:
-        assert self.agent is not None
-        interval = self._found.settings.agent_ping_interval
-        timeout = self._found.settings.agent_idle_timeout
-        while True:
-            await asyncio.sleep(interval)
-            silent = time.monotonic() - self._heard
-            if silent > timeout:
-                raise wire.ProtocolError(f"no message for {silent:.1f} s (timeout {timeout:g} s)")
-            await self._request("ping", {})
-            self.agent = await self._found.agents.seen(self.agent)
-
 
 def _progress(p: wire.Params) -> Progress:
     return check_progress(p.number("percent"), p.number("eta"), p.text("activity", ""))
@@ -468,3 +489,22 @@ async def endpoint(websocket: WebSocket) -> None:
         return
     await websocket.accept()
     await Connection(websocket, found, websocket.app.state.agent_hub).serve(principal)
+
+
+class Shortcut:
+    """ASGI middleware that serves the agent socket itself, ahead of the routing stack.
+
+    Each agent holds its socket for hours, and every layer between uvicorn and `endpoint`
+    (exception middlewares, the router, FastAPI's exit stacks) keeps a suspended frame or
+    more for that long: about 10 KiB per agent, a third of what one costs the server. None
+    of them does anything for this route: `endpoint` answers every error itself.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket" and scope["path"] == scope.get("root_path", "") + WS_PATH:
+            await endpoint(WebSocket(scope, receive, send))
+        else:
+            await self.app(scope, receive, send)

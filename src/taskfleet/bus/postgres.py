@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 from sqlalchemy.engine import make_url
 
-from taskfleet.bus.local import LocalBus
+from taskfleet.bus.local import Listener, LocalBus
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +108,12 @@ class PostgresBus:
     async def wait(self, channels: Sequence[str], timeout: float) -> bool:
         return await self._local.wait(channels, timeout)
 
+    def subscribe(self, channels: Sequence[str], listener: Listener) -> Callable[[], None]:
+        """As `LocalBus.subscribe`, for notifications from this replica and the others."""
+        return self._local.subscribe(channels, listener)
+
     def wake_all(self) -> None:
-        """Wakes every waiter on this replica."""
+        """Wakes every waiter and listener on this replica."""
         self._local.wake_all()
 
     async def close(self) -> None:

@@ -26,6 +26,22 @@ def agent_channel(name: str) -> str:
     return f"agent:{name}"
 
 
+def control_channel(name: str) -> str:
+    """Bus channel woken only when the agent's record or a cancel request for one of its
+    tasks changes: a woken connection re-reads those only then, not for each new task."""
+    return f"agent-control:{name}"
+
+
+def is_control_channel(channel: str) -> bool:
+    return channel.startswith(control_channel(""))
+
+
+def control_channels(name: str) -> list[str]:
+    """Both channels of one agent: every control change is also news on `agent_channel`,
+    which the protocols without a control channel of their own watch."""
+    return [agent_channel(name), control_channel(name)]
+
+
 class AgentService:
     def __init__(self, store: Store, bus: Bus, clock: Clock, event_bound: int = EVENT_BOUND):
         self._store = store
@@ -139,7 +155,7 @@ class AgentService:
         if not fields:
             return agent
         agent = await self._store.update_agent(agent.id, **fields)
-        await self._bus.notify([agent_channel(name)])
+        await self._bus.notify(control_channels(name))
         return agent
 
     async def request_status(self, name: str, status: AgentStatus, lazy: bool = False) -> Agent:
@@ -148,7 +164,7 @@ class AgentService:
         agent = await self._store.update_agent(
             agent.id, requested_status=AgentStatus(status), requested_lazy=bool(lazy)
         )
-        await self._bus.notify([agent_channel(name)])
+        await self._bus.notify(control_channels(name))
         return agent
 
     async def acknowledge_status(self, agent: Agent, status: AgentStatus) -> Agent:
@@ -176,12 +192,14 @@ class AgentService:
     async def delete(self, name: str) -> None:
         agent = await self.get(name)
         await self._store.delete_agent(agent.id)
-        await self._bus.notify([agent_channel(name)])
+        await self._bus.notify(control_channels(name))
 
     async def set_groups(self, name: str, groups: Sequence[str]) -> Agent:
         agent = await self.get(name)
         names = check_labels(groups, "groups")
-        return await self._store.set_agent_groups(agent.id, names, self._clock.now())
+        agent = await self._store.set_agent_groups(agent.id, names, self._clock.now())
+        await self._bus.notify(control_channels(name))  # it may take other tasks now
+        return agent
 
     async def add_group(self, name: str) -> Group:
         return await self._store.add_group(check_name(name), self._clock.now())

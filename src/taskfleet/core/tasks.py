@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 from taskfleet.core import errors
-from taskfleet.core.agents import agent_channel, check_labels
+from taskfleet.core.agents import agent_channel, check_labels, control_channels
 from taskfleet.core.models import (
     Agent,
     JSONValue,
@@ -113,34 +113,44 @@ class TaskService:
 
         Raises `Invalid` for a bad task and `NotFound` for an unknown target agent or group.
         """
-        if not 0 < len(tasks) <= MAX_BATCH:
-            raise errors.Invalid(f"submit between 1 and {MAX_BATCH} tasks at once")
-        checked = [check_new_task(t) for t in tasks]
-        for task in checked:
-            await self._check_target(task)
-        created = await self._store.add_tasks(checked, self._clock.now())
-        await self._bus.notify(self._wake_channels(created))
-        return created
+        return await self._submit(tasks, known_agents=frozenset())
 
     async def broadcast(self, group: str, template: NewTask) -> list[Task]:
         """One task per current member of `group`, each targeted at that member."""
         members = await self._store.group_members(group)
         if not members:
             raise errors.NotFound(f"group {group!r} has no members")
-        return await self.submit(
-            [replace(template, target_kind=TargetKind.AGENT, target=a.name) for a in members]
+        # The members were just read: looking each one up again would cost a query per task.
+        return await self._submit(
+            [replace(template, target_kind=TargetKind.AGENT, target=a.name) for a in members],
+            known_agents=frozenset(a.name for a in members),
         )
 
-    async def _check_target(self, task: NewTask) -> None:
-        if task.target_kind is TargetKind.AGENT:
-            if await self._store.get_agent(task.target) is None:
-                raise errors.NotFound(f"no agent named {task.target!r}")
-        elif task.target_kind is TargetKind.GROUP and task.target not in {
-            g.name for g in await self._store.list_groups()
-        }:
-            raise errors.NotFound(f"no group named {task.target!r}")
-        if task.job_id is not None and await self._store.get_job(task.job_id) is None:
-            raise errors.NotFound(f"no job {task.job_id}")
+    async def _submit(self, tasks: Sequence[NewTask], known_agents: frozenset[str]) -> list[Task]:
+        if not 0 < len(tasks) <= MAX_BATCH:
+            raise errors.Invalid(f"submit between 1 and {MAX_BATCH} tasks at once")
+        checked = [check_new_task(t) for t in tasks]
+        await self._check_targets(checked, known_agents)
+        created = await self._store.add_tasks(checked, self._clock.now())
+        await self._bus.notify(self._wake_channels(created))
+        return created
+
+    async def _check_targets(self, tasks: Sequence[NewTask], known_agents: frozenset[str]) -> None:
+        """Looks up each distinct target and job once, however many tasks name it."""
+        kinds: dict[TargetKind, set[str]] = {}
+        for task in tasks:
+            kinds.setdefault(task.target_kind, set()).add(task.target)
+        for name in sorted(kinds.get(TargetKind.AGENT, set()) - known_agents):
+            if await self._store.get_agent(name) is None:
+                raise errors.NotFound(f"no agent named {name!r}")
+        if TargetKind.GROUP in kinds:
+            known = {g.name for g in await self._store.list_groups()}
+            missing = sorted(kinds[TargetKind.GROUP] - known)
+            if missing:
+                raise errors.NotFound(f"no group named {missing[0]!r}")
+        for job_id in sorted({t.job_id for t in tasks if t.job_id is not None}):
+            if await self._store.get_job(job_id) is None:
+                raise errors.NotFound(f"no job {job_id}")
 
     @staticmethod
     def _wake_channels(tasks: Sequence[Task]) -> set[str]:
@@ -376,7 +386,7 @@ class TaskService:
         if task.lease_owner is not None:
             owner = await self._store.get_agent_by_id(task.lease_owner)
             if owner is not None:
-                channels.add(agent_channel(owner.name))
+                channels.update(control_channels(owner.name))
         await self._bus.notify(channels)
         return task
 

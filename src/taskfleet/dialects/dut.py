@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
+from taskfleet.api.agent_hub import Hub
 from taskfleet.api.auth import basic_credentials, services
 from taskfleet.core import errors
 from taskfleet.core.models import (
@@ -253,7 +254,8 @@ async def _poll(request: Request) -> Response:
         agent = await found.agents.hello(agent, task_types=[TASK_TYPE])
     else:
         agent = await found.agents.seen(agent)
-    task = await found.tasks.claim_wait(
+    hub: Hub = request.app.state.agent_hub
+    task = await hub.claim_wait(
         agent, found.settings.dut_poll_seconds, found.settings.dut_lease_seconds
     )
     if task is None:
