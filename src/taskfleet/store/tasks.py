@@ -79,6 +79,15 @@ class TaskQueries(Base):
 
     async def claim_task(self, agent: Agent, now: float, lease_seconds: float) -> Task | None:
         params = {"agent_id": agent.id, "expires": now + lease_seconds, "now": now}
+        if not self.sqlite:
+            # One transaction that locks only the rows it looks at: concurrent claimers
+            # skip them and take the next. An idle poll's empty transaction writes nothing.
+            async with self._write() as conn:
+                chosen = await best_queued(conn, agent, lock=True)
+                if chosen is None:
+                    return None
+                row = (await conn.execute(TAKE, {**params, "chosen": chosen})).first()
+            return None if row is None else to_task(row)
         for _ in range(CLAIM_TRIES):
             # Most claims find nothing (idle agents polling): answer those with a read,
             # which takes no write lock, and open the write transaction only for work.
@@ -87,15 +96,10 @@ class TaskQueries(Base):
             if chosen is None:
                 return None
             async with self._write() as conn:
-                if not self.sqlite:
-                    # Lock only the rows we look at: concurrent claimers skip them.
-                    chosen = await best_queued(conn, agent, lock=True)
-                    if chosen is None:
-                        return None
                 row = (await conn.execute(TAKE, {**params, "chosen": chosen})).first()
             if row is not None:
                 return to_task(row)
-            # Another claimer (another process on SQLite) took it first: look again.
+            # Another process took it first, or it stopped being runnable: look again.
         return None
 
     def _current(self, task_id: int, agent_id: int, attempt: int) -> ColumnElement[bool]:
