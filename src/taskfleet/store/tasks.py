@@ -51,6 +51,7 @@ CLAIM_TRIES = 5  #: a claim that keeps losing races gives up and lets the agent 
 # The agent's hot path (heartbeats, results) runs statements built once with bound
 # parameters: building SQLAlchemy constructs per call cost more than running them.
 GET = select(tasks).where(tasks.c.id == bindparam("task_id"))
+INSERT = insert(tasks).returning(tasks, sort_by_parameter_order=True)
 #: The attempt is the current one: only it may report.
 CURRENT = and_(
     tasks.c.id == bindparam("task_id"),
@@ -107,9 +108,7 @@ class TaskQueries(Base):
     async def add_tasks(self, new: Sequence[NewTask], now: float) -> list[Task]:
         rows = [task_row(t, now) for t in new]
         async with self._write() as conn:
-            result = await conn.execute(
-                insert(tasks).returning(tasks, sort_by_parameter_order=True), rows
-            )
+            result = await conn.execute(INSERT, rows)
             return [to_task(r) for r in result]
 
     async def get_task(self, task_id: int) -> Task | None:
