@@ -363,7 +363,7 @@ class Profiler:
             return
         self.out.mkdir(parents=True, exist_ok=True)
         folded = self.out / f"{name}.folded"
-        argv = [self.exe, "record", "--pid", str(pid), "--rate", "100", "--format", "raw"]
+        argv = [self.exe, "record", "--pid", str(pid), "--rate", "400", "--format", "raw"]
         proc = subprocess.Popen(
             [*argv, "--nonblocking", "-o", str(folded)],
             stdout=subprocess.DEVNULL,

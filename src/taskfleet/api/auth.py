@@ -14,8 +14,14 @@ from taskfleet.core.models import Agent, Principal
 from taskfleet.services import Services
 
 
-def services(conn: HTTPConnection) -> Services:
+def services_of(conn: HTTPConnection) -> Services:
     return conn.app.state.services  # type: ignore[no-any-return]
+
+
+async def services(conn: HTTPConnection) -> Services:
+    """FastAPI dependency: the app's services. Async, because FastAPI runs a plain `def`
+    dependency in a worker thread: a thread hop on every request."""
+    return services_of(conn)
 
 
 def basic_credentials(value: str) -> tuple[str, str]:
@@ -37,7 +43,7 @@ async def principal_from(conn: HTTPConnection) -> Principal:
     header = conn.headers.get("authorization", "")
     scheme, _, value = header.partition(" ")
     value = value.strip()
-    found = services(conn)
+    found = services_of(conn)
     if scheme.lower() == "bearer" and value:
         return await found.accounts.resolve_token(value)
     if scheme.lower() == "basic" and value:
@@ -61,4 +67,4 @@ async def admin(conn: HTTPConnection) -> Principal:
 async def agent(conn: HTTPConnection) -> Agent:
     """FastAPI dependency: the calling agent's record."""
     principal = await principal_from(conn)
-    return await services(conn).agents.for_principal(principal)
+    return await services_of(conn).agents.for_principal(principal)

@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from taskfleet.api.agent_hub import Hub
-from taskfleet.api.auth import basic_credentials, services
+from taskfleet.api.auth import basic_credentials, services_of
 from taskfleet.core import errors
 from taskfleet.core.models import (
     Agent,
@@ -90,7 +90,7 @@ async def _admin(request: Request) -> Principal:
     if not token:
         raise errors.Unauthorized("Authorization failure")
     try:
-        principal = await services(request).accounts.resolve_token(token)
+        principal = await services_of(request).accounts.resolve_token(token)
     except errors.Unauthorized:
         raise errors.Unauthorized("Authorization failure") from None
     if not principal.is_admin:
@@ -106,7 +106,7 @@ async def _agent(request: Request) -> Agent:
         name, sep, secret = header.partition(":")
         if not sep:
             raise errors.Unauthorized("Authorization failure")
-    found = services(request)
+    found = services_of(request)
     try:
         principal = await found.accounts.authenticate(name, secret)
     except errors.Unauthorized:
@@ -133,7 +133,7 @@ router = APIRouter(route_class=DutRoute, include_in_schema=False)
 
 @router.api_route("/login", methods=ANY_METHOD)
 async def login(request: Request) -> Response:
-    found = services(request)
+    found = services_of(request)
     try:
         token = await found.accounts.login(
             request.query_params.get("user", ""), request.query_params.get("pass", "")
@@ -153,7 +153,7 @@ async def logout(request: Request) -> Response:
     if not token:
         return fail(400, "Missing Authorization header")
     try:
-        await services(request).accounts.logout(token)
+        await services_of(request).accounts.logout(token)
     except errors.Unauthorized:
         pass  # the original logs out unknown tokens silently, too
     return reply({"error": False, "msg": "Logged out"})
@@ -166,7 +166,7 @@ async def agents(request: Request) -> Response:
     if request.method != "GET":
         return fail(405, "/agents only supports POST and GET")
     await _admin(request)
-    fleet = await services(request).agents.all()
+    fleet = await services_of(request).agents.all()
     names = [a.name for a in fleet]
     online = {a.name: a.online for a in fleet}
     return reply({"error": False, "agents": names, "online": online})
@@ -177,7 +177,7 @@ async def _self_register(request: Request) -> Response:
     if not user or not password:
         return fail(400, "Pass 'user' and 'pass' in query string")
     try:
-        await services(request).accounts.register_agent(user, password)
+        await services_of(request).accounts.register_agent(user, password)
     except errors.Forbidden:
         return fail(405, "Agents self-registration is disabled")
     return reply()
@@ -187,7 +187,7 @@ async def _self_register(request: Request) -> Response:
 @router.api_route("/agent_selfreg", methods=ANY_METHOD)
 async def self_registration(request: Request) -> Response:
     await _admin(request)
-    accounts = services(request).accounts
+    accounts = services_of(request).accounts
     if request.method == "GET":
         enabled = await accounts.registration_policy() is RegistrationPolicy.OPEN
         return Response("1" if enabled else "0", media_type="text/plain")
@@ -204,7 +204,7 @@ async def self_registration(request: Request) -> Response:
 
 @router.api_route("/events", methods=ANY_METHOD)
 async def events(request: Request) -> Response:
-    found = services(request)
+    found = services_of(request)
     if request.method == "POST":
         agent = await _agent(request)
         await found.agents.post_event(agent, await _json_body(request))
@@ -233,7 +233,7 @@ async def tasks(request: Request) -> Response:
 
 async def _submit(request: Request) -> Response:
     await _admin(request)
-    found = services(request)
+    found = services_of(request)
     target = _query(request, "target")
     payload = await _json_body(request)
     (task,) = await found.tasks.submit(
@@ -249,7 +249,7 @@ async def _submit(request: Request) -> Response:
 
 async def _poll(request: Request) -> Response:
     agent = await _agent(request)
-    found = services(request)
+    found = services_of(request)
     if agent.task_types != (TASK_TYPE,):
         agent = await found.agents.hello(agent, task_types=[TASK_TYPE])
     else:
@@ -278,7 +278,7 @@ async def tasks_result(request: Request) -> Response:
     agent = await _agent(request)
     task_id = await _task_id(request)
     result = await _json_body(request)
-    tasks = services(request).tasks
+    tasks = services_of(request).tasks
     await tasks.complete(agent, task_id, await tasks.attempt_of(agent, task_id), result)
     return reply()
 

@@ -13,6 +13,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 BUSY_TIMEOUT_MS = 10_000
+PG_POOL_SIZE = 20  #: connections each server keeps open to PostgreSQL
+PG_POOL_OVERFLOW = 10  #: more, opened only for a burst and closed after it
 #: Serializes `alembic upgrade` across replicas sharing one PostgreSQL database.
 MIGRATION_LOCK_ID = 7_413_551
 
@@ -41,7 +43,10 @@ def open_engine(url: str, synchronous: str = "NORMAL") -> Engine | AsyncEngine:
     """
     full_url = engine_url(url)
     if not full_url.startswith("sqlite"):
-        return create_async_engine(full_url)
+        # A pool deep enough that a busy server never opens and closes connections: the
+        # default keeps 5 and closes each overflow connection when it is returned, so
+        # under load every few queries paid for a new connection (and its TLS attempt).
+        return create_async_engine(full_url, pool_size=PG_POOL_SIZE, max_overflow=PG_POOL_OVERFLOW)
     engine = create_engine(full_url)
     _configure_sqlite(engine, synchronous.upper())
     return engine

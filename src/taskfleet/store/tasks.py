@@ -9,7 +9,21 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, func, insert, or_, select, update
+from sqlalchemy import (
+    Float,
+    Select,
+    String,
+    Text,
+    Update,
+    and_,
+    bindparam,
+    func,
+    insert,
+    literal_column,
+    or_,
+    select,
+    update,
+)
 
 from taskfleet.core import errors
 from taskfleet.core.models import (
@@ -34,6 +48,46 @@ TERMINAL = (TaskStatus.COMPLETED.value, TaskStatus.FAILED.value, TaskStatus.CANC
 REAP_BATCH = 500
 CLAIM_TRIES = 5  #: a claim that keeps losing races gives up and lets the agent poll again
 
+# The agent's hot path (heartbeats, results) runs statements built once with bound
+# parameters: building SQLAlchemy constructs per call cost more than running them.
+GET = select(tasks).where(tasks.c.id == bindparam("task_id"))
+INSERT = insert(tasks).returning(tasks, sort_by_parameter_order=True)
+#: The attempt is the current one: only it may report.
+CURRENT = and_(
+    tasks.c.id == bindparam("task_id"),
+    tasks.c.lease_owner == bindparam("agent_id"),
+    tasks.c.attempt == bindparam("attempt_no"),
+    tasks.c.status.in_([literal_column(f"'{status}'") for status in RUNNING]),
+)
+EXTEND = (
+    update(tasks)
+    .where(CURRENT)
+    .values(lease_expires=bindparam("until"), updated_at=bindparam("now"))
+    .returning(tasks)
+)
+EXTEND_WITH_PROGRESS = EXTEND.values(
+    progress_percent=bindparam("percent", type_=Float),
+    progress_eta=bindparam("eta", type_=Float),
+    activity=bindparam("text", type_=String),
+)
+
+
+def _finish_statement(completed: bool) -> Update:
+    values: dict[str, Any] = {
+        "status": bindparam("new_status", type_=String),
+        "result": bindparam("new_result", type_=tasks.c.result.type),
+        "error": bindparam("new_error", type_=Text),
+        "finished_at": bindparam("now"),
+        "updated_at": bindparam("now"),
+        "lease_expires": None,
+    }
+    if completed:
+        values["progress_percent"] = 100.0
+    return update(tasks).where(CURRENT).values(values).returning(tasks)
+
+
+FINISH = {True: _finish_statement(True), False: _finish_statement(False)}
+
 
 def _filtered(query: TaskFilter) -> Select[Any]:
     stmt = select(tasks).where(tasks.c.id > query.after_id)
@@ -54,9 +108,7 @@ class TaskQueries(Base):
     async def add_tasks(self, new: Sequence[NewTask], now: float) -> list[Task]:
         rows = [task_row(t, now) for t in new]
         async with self._write() as conn:
-            result = await conn.execute(
-                insert(tasks).returning(tasks, sort_by_parameter_order=True), rows
-            )
+            result = await conn.execute(INSERT, rows)
             return [to_task(r) for r in result]
 
     async def get_task(self, task_id: int) -> Task | None:
@@ -65,7 +117,7 @@ class TaskQueries(Base):
 
     @staticmethod
     async def _get(conn: Conn, task_id: int) -> Task | None:
-        row = (await conn.execute(select(tasks).where(tasks.c.id == task_id))).first()
+        row = (await conn.execute(GET, {"task_id": task_id})).first()
         return None if row is None else to_task(row)
 
     async def list_tasks(self, query: TaskFilter) -> list[Task]:
@@ -79,6 +131,15 @@ class TaskQueries(Base):
 
     async def claim_task(self, agent: Agent, now: float, lease_seconds: float) -> Task | None:
         params = {"agent_id": agent.id, "expires": now + lease_seconds, "now": now}
+        if not self.sqlite:
+            # One transaction that locks only the rows it looks at: concurrent claimers
+            # skip them and take the next. An idle poll's empty transaction writes nothing.
+            async with self._write() as conn:
+                chosen = await best_queued(conn, agent, lock=True)
+                if chosen is None:
+                    return None
+                row = (await conn.execute(TAKE, {**params, "chosen": chosen})).first()
+            return None if row is None else to_task(row)
         for _ in range(CLAIM_TRIES):
             # Most claims find nothing (idle agents polling): answer those with a read,
             # which takes no write lock, and open the write transaction only for work.
@@ -87,24 +148,11 @@ class TaskQueries(Base):
             if chosen is None:
                 return None
             async with self._write() as conn:
-                if not self.sqlite:
-                    # Lock only the rows we look at: concurrent claimers skip them.
-                    chosen = await best_queued(conn, agent, lock=True)
-                    if chosen is None:
-                        return None
                 row = (await conn.execute(TAKE, {**params, "chosen": chosen})).first()
             if row is not None:
                 return to_task(row)
-            # Another claimer (another process on SQLite) took it first: look again.
+            # Another process took it first, or it stopped being runnable: look again.
         return None
-
-    def _current(self, task_id: int, agent_id: int, attempt: int) -> ColumnElement[bool]:
-        return and_(
-            tasks.c.id == task_id,
-            tasks.c.lease_owner == agent_id,
-            tasks.c.attempt == attempt,
-            tasks.c.status.in_(RUNNING),
-        )
 
     async def _stale(self, conn: Conn, task_id: int, attempt: int) -> errors.Error:
         task = await self._get(conn, task_id)
@@ -124,22 +172,19 @@ class TaskQueries(Base):
         progress: Progress | None,
         now: float,
     ) -> Task:
-        values: dict[str, object] = {"lease_expires": lease_until, "updated_at": now}
+        params: dict[str, Any] = {
+            "task_id": task_id,
+            "agent_id": agent_id,
+            "attempt_no": attempt,
+            "until": lease_until,
+            "now": now,
+        }
+        statement = EXTEND
         if progress is not None:
-            values.update(
-                progress_percent=progress.percent,
-                progress_eta=progress.eta,
-                activity=progress.activity[:1000],
-            )
+            statement = EXTEND_WITH_PROGRESS
+            params.update(percent=progress.percent, eta=progress.eta, text=progress.activity[:1000])
         async with self._write() as conn:
-            row = (
-                await conn.execute(
-                    update(tasks)
-                    .where(self._current(task_id, agent_id, attempt))
-                    .values(values)
-                    .returning(tasks)
-                )
-            ).first()
+            row = (await conn.execute(statement, params)).first()
             if row is None:
                 raise await self._stale(conn, task_id, attempt)
         return to_task(row)
@@ -154,25 +199,18 @@ class TaskQueries(Base):
         error: str | None,
         now: float,
     ) -> tuple[Task, bool]:
-        values: dict[str, object] = {
-            "status": status.value,
-            "result": result,
-            "error": error,
-            "finished_at": now,
-            "updated_at": now,
-            "lease_expires": None,
+        params = {
+            "task_id": task_id,
+            "agent_id": agent_id,
+            "attempt_no": attempt,
+            "new_status": status.value,
+            "new_result": result,
+            "new_error": error,
+            "now": now,
         }
-        if status is TaskStatus.COMPLETED:
-            values["progress_percent"] = 100.0
+        statement = FINISH[status is TaskStatus.COMPLETED]
         async with self._write() as conn:
-            row = (
-                await conn.execute(
-                    update(tasks)
-                    .where(self._current(task_id, agent_id, attempt))
-                    .values(values)
-                    .returning(tasks)
-                )
-            ).first()
+            row = (await conn.execute(statement, params)).first()
             if row is not None:
                 return to_task(row), True
             task = await self._get(conn, task_id)

@@ -14,7 +14,7 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
-from taskfleet.api.auth import principal_from, services
+from taskfleet.api.auth import principal_from, services_of
 from taskfleet.core import errors
 from taskfleet.core.models import Agent, AgentStatus, Progress, Task, TaskFilter, TaskStatus
 from taskfleet.core.tasks import MAX_LOG_CHUNK_BYTES
@@ -48,7 +48,7 @@ async def next_task(request: Request) -> Response:
     """423 for a pending status change, 406 without task types, else the worker's active
     task or a newly claimed one (200), or 204 when there is nothing to do."""
     agent = await wire.worker(request)
-    found = services(request)
+    found = services_of(request)
     running = await _running(found, agent)
     requested = agent.requested_status
     if requested is not None and (not agent.requested_lazy or running is None):
@@ -145,13 +145,13 @@ async def update_task(task_id: str, request: Request) -> Response:
     agent = await wire.worker(request)
     number = wire.parse_id(task_id)
     update = TaskUpdate.parse(await wire.json_object(request))
-    tasks = services(request).tasks
+    tasks = services_of(request).tasks
     attempt = await tasks.attempt_of(agent, number)
     for chunk in log_chunks(update.log):
         await tasks.log(agent, number, attempt, chunk)
     task = await tasks.get(number)
     if task.attempt == attempt and task.status in RUNNING:
-        await _apply(services(request), agent, task, update)
+        await _apply(services_of(request), agent, task, update)
     return wire.no_content()
 
 
@@ -177,7 +177,7 @@ async def return_task(task_id: str, request: Request) -> Response:
     task is known and was this worker's (the worker reads the body of anything else)."""
     agent = await wire.worker(request)
     number = wire.parse_id(task_id)
-    tasks = services(request).tasks
+    tasks = services_of(request).tasks
     attempt = await tasks.attempt_of(agent, number)
     task = await tasks.get(number)
     if task.attempt == attempt and task.status in RUNNING:
@@ -190,7 +190,7 @@ async def may_i_run(task_id: str, request: Request) -> Response:
     """Always 200 with `may_keep_running`; a yes also extends the task's lease."""
     agent = await wire.worker(request)
     number = wire.parse_id(task_id)
-    found = services(request)
+    found = services_of(request)
     try:
         task = await found.tasks.get(number)
     except errors.NotFound:
@@ -220,7 +220,7 @@ async def logfile(job_id: str, task_id: str, request: Request) -> Response:
     or an admin's bearer token."""
     who = await principal_from(request)
     job, number = wire.parse_id(job_id), wire.parse_id(task_id)
-    tasks = services(request).tasks
+    tasks = services_of(request).tasks
     task = await tasks.get(number, who)
     if task.job_id != job:
         raise errors.NotFound(f"task {task_id} is not in job {job_id}")
@@ -239,5 +239,5 @@ async def output_produced(request: Request) -> Response:
     paths = wire.names(await wire.json_object(request), "paths")
     if not paths or not any(p.strip() for p in paths):
         return wire.fail(422, "the document has no paths")
-    await services(request).jobs.record_output(agent, {"paths": paths})
+    await services_of(request).jobs.record_output(agent, {"paths": paths})
     return wire.no_content()

@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from taskfleet.api import limits
-from taskfleet.api.auth import basic_credentials, services
+from taskfleet.api.auth import basic_credentials, services_of
 from taskfleet.core import errors
 from taskfleet.core.models import (
     Agent,
@@ -131,7 +131,7 @@ async def worker(request: Request) -> Agent:
     scheme, _, value = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "basic" or not value.strip():
         raise errors.Unauthorized("send the worker's _id and secret with HTTP Basic auth")
-    found = services(request)
+    found = services_of(request)
     principal = await found.accounts.authenticate(*basic_credentials(value.strip()))
     if principal.is_admin:
         raise errors.Forbidden("this endpoint is for workers")

@@ -17,7 +17,7 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
-from taskfleet.api.auth import services
+from taskfleet.api.auth import services_of
 from taskfleet.core import errors
 from taskfleet.core.models import AgentStatus
 from taskfleet.dialects.flamenco import wire
@@ -55,7 +55,7 @@ def _check_registration_token(request: Request, secret: str) -> bool:
 @router.post("/register-worker")
 async def register_worker(request: Request) -> Response:
     """Creates an agent account named with a new 24-hex `_id`, with the worker's secret."""
-    found = services(request)
+    found = services_of(request)
     vouched = _check_registration_token(request, found.settings.flamenco_registration_secret)
     doc = await wire.json_object(request)
     secret = wire.text(doc, "secret", limit=1024)
@@ -81,7 +81,7 @@ async def sign_on(request: Request) -> Response:
     """Updates nickname and task types without re-registering; the worker is `starting`."""
     agent = await wire.worker(request)
     doc = await wire.json_object(request, required=False)
-    found = services(request)
+    found = services_of(request)
     if "nickname" in doc:
         agent = await found.agents.update(agent.name, nickname=wire.text(doc, "nickname"))
     await found.agents.hello(
@@ -98,7 +98,7 @@ async def sign_on(request: Request) -> Response:
 async def sign_off(request: Request) -> Response:
     """Requeues the worker's tasks; a sleeping worker will sleep again when it is back."""
     agent = await wire.worker(request)
-    found = services(request)
+    found = services_of(request)
     await found.tasks.sign_off(agent)
     await found.agents.sign_off(agent)
     return wire.no_content()
@@ -107,7 +107,7 @@ async def sign_off(request: Request) -> Response:
 @router.get("/status-change")
 async def status_change(request: Request) -> Response:
     """200 with the requested status, or 204 when none is pending."""
-    agent = await services(request).agents.seen(await wire.worker(request))
+    agent = await services_of(request).agents.seen(await wire.worker(request))
     if agent.requested_status is None:
         return wire.no_content()
     return wire.document(wire.status_change(agent.requested_status))
@@ -122,5 +122,5 @@ async def ack_status_change(status: str, request: Request) -> Response:
         acked = AgentStatus(status)
     except ValueError:
         raise errors.Invalid(f"unknown worker status {status[:40]!r}") from None
-    await services(request).agents.acknowledge_status(agent, acked)
+    await services_of(request).agents.acknowledge_status(agent, acked)
     return wire.no_content()

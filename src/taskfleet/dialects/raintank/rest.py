@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from taskfleet.api.auth import services
+from taskfleet.api.auth import services_of
 from taskfleet.core import errors
 from taskfleet.core.models import Agent, JSONValue, ScheduleFilter
 from taskfleet.dialects.raintank import wire
@@ -94,7 +94,7 @@ class RaintankRoute(APIRoute):
 async def authorize(request: Any) -> Services:
     """`Authorization: Bearer <key>`: the raintank admin key, a native API key or an admin
     session token. Raises `Unauthorized` or `Forbidden`."""
-    found = services(request)
+    found = services_of(request)
     scheme, _, key = request.headers.get("authorization", "").partition(" ")
     key = key.strip()
     if scheme.lower() != "bearer" or not key:

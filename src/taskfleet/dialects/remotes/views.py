@@ -13,7 +13,7 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
-from taskfleet.api.auth import services
+from taskfleet.api.auth import services_of
 from taskfleet.core import crypto, errors
 from taskfleet.core.models import Agent, Command
 from taskfleet.dialects.remotes import wire
@@ -36,11 +36,11 @@ REQUIRED = "This field is required."
 
 
 def _prefix(request: Request) -> str:
-    return wire.prefix_of(services(request).settings.remotes_prefix)
+    return wire.prefix_of(services_of(request).settings.remotes_prefix)
 
 
 def _server_url(request: Request) -> str:
-    configured = services(request).settings.remotes_server_url
+    configured = services_of(request).settings.remotes_server_url
     if configured:
         return configured.rstrip("/") + "/"
     return f"{str(request.base_url).rstrip('/')}{_prefix(request)}/"
@@ -73,7 +73,7 @@ async def discover(request: Request) -> Response:
 async def register(request: Request) -> Response:
     """A host registers with the registration token and its public key; it gets its
     enrollment UUID encrypted to that key, and stays disabled until it verifies."""
-    registration = services(request).registration
+    registration = services_of(request).registration
     token = wire.token_of(request)
     await registration.check_token(token)
     sent = await wire.body(request)
@@ -86,7 +86,7 @@ async def register(request: Request) -> Response:
 
 async def verify(request: Request) -> Response:
     """The host signs "OK" with its private key; it gets its host token encrypted."""
-    registration = services(request).registration
+    registration = services_of(request).registration
     token = wire.token_of(request)
     await registration.check_token(token)
     sent = await wire.body(request)
@@ -110,7 +110,7 @@ def _key_of(agent: Agent) -> crypto.PublicKey:
 
 async def host_status(request: Request) -> Response:
     agent = await wire.host(request)
-    ids = {g.name: g.id for g in await services(request).agents.list_groups()}
+    ids = {g.name: g.id for g in await services_of(request).agents.list_groups()}
     return wire.ok(
         app_name=wire.APP_NAME,
         version=wire.VERSION,
@@ -126,7 +126,7 @@ async def host_status(request: Request) -> Response:
 
 async def commands_list(request: Request) -> Response:
     agent = await wire.host(request)
-    pending = await services(request).commands.pending(agent)
+    pending = await services_of(request).commands.pending(agent)
     return wire.ok(results=[{"group": group, "command": command} for group, command in pending])
 
 
@@ -136,7 +136,7 @@ async def command_get(request: Request) -> Response:
     agent = await wire.host(request)
     command_id = wire.path_id(request)
     key = _key_of(agent)
-    command, variables = await services(request).commands.fetch(agent, command_id)
+    command, variables = await services_of(request).commands.fetch(agent, command_id)
     return wire.reply(_encrypted(command, variables, key))
 
 
@@ -165,7 +165,7 @@ async def command_post(request: Request) -> Response:
     the key from its UUID; stored as its run's task result."""
     agent = await wire.host(request)
     command_id = wire.path_id(request)
-    found = services(request)
+    found = services_of(request)
     try:
         await found.commands.assigned(agent, command_id)
     except errors.Forbidden as exc:

@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from taskfleet.api.auth import services
+from taskfleet.api.auth import services_of
 from taskfleet.core import errors
 from taskfleet.core.models import Agent
 
@@ -127,7 +127,7 @@ def token_of(request: Request) -> str:
 
 async def host(request: Request) -> Agent:
     """The host behind a host token. Raises `Unauthorized` or `Forbidden`."""
-    found = services(request)
+    found = services_of(request)
     token = token_of(request)
     try:
         principal = await found.accounts.resolve_token(token)
