@@ -40,18 +40,19 @@ from taskfleet.core.models import (
 )
 from taskfleet.store.base import Base, Conn, task_row, to_task
 from taskfleet.store.jobs import forget_failures
-from taskfleet.store.queue import TAKE, best_queued
+from taskfleet.store.queue import QUEUED, TAKE, best_queued
 from taskfleet.store.tables import jobs, task_logs, task_outputs, tasks
 
 RUNNING = (TaskStatus.ACTIVE.value, TaskStatus.CANCEL_REQUESTED.value)
 TERMINAL = (TaskStatus.COMPLETED.value, TaskStatus.FAILED.value, TaskStatus.CANCELLED.value)
 REAP_BATCH = 500
-CLAIM_TRIES = 5  #: a claim that keeps losing races gives up and lets the agent poll again
 
 # The agent's hot path (heartbeats, results) runs statements built once with bound
 # parameters: building SQLAlchemy constructs per call cost more than running them.
 GET = select(tasks).where(tasks.c.id == bindparam("task_id"))
 INSERT = insert(tasks).returning(tasks, sort_by_parameter_order=True)
+#: Off the partial queue index: a scan in id order would walk every finished task first.
+ANY_QUEUED = select(tasks.c.id).where(QUEUED).limit(1)
 #: The attempt is the current one: only it may report.
 CURRENT = and_(
     tasks.c.id == bindparam("task_id"),
@@ -124,6 +125,10 @@ class TaskQueries(Base):
         async with self._read() as conn:
             return [to_task(r) for r in await conn.execute(_filtered(query))]
 
+    async def any_queued(self) -> bool:
+        async with self._read() as conn:
+            return (await conn.execute(ANY_QUEUED)).first() is not None
+
     async def count_tasks_by_status(self) -> dict[TaskStatus, int]:
         query = select(tasks.c.status, func.count().label("n")).group_by(tasks.c.status)
         async with self._read() as conn:
@@ -140,19 +145,21 @@ class TaskQueries(Base):
                     return None
                 row = (await conn.execute(TAKE, {**params, "chosen": chosen})).first()
             return None if row is None else to_task(row)
-        for _ in range(CLAIM_TRIES):
-            # Most claims find nothing (idle agents polling): answer those with a read,
-            # which takes no write lock, and open the write transaction only for work.
-            async with self._read() as conn:
+        # Most claims find nothing (idle agents polling): answer those with a read, which
+        # takes no write lock, and open the write transaction only for work.
+        async with self._read() as conn:
+            chosen = await best_queued(conn, agent)
+        if chosen is None:
+            return None
+        async with self._write() as conn:
+            row = (await conn.execute(TAKE, {**params, "chosen": chosen})).first()
+            if row is None:
+                # Another process took it since the read: choose again, under the lock.
                 chosen = await best_queued(conn, agent)
-            if chosen is None:
-                return None
-            async with self._write() as conn:
+                if chosen is None:
+                    return None
                 row = (await conn.execute(TAKE, {**params, "chosen": chosen})).first()
-            if row is not None:
-                return to_task(row)
-            # Another process took it first, or it stopped being runnable: look again.
-        return None
+        return None if row is None else to_task(row)
 
     async def _stale(self, conn: Conn, task_id: int, attempt: int) -> errors.Error:
         task = await self._get(conn, task_id)
