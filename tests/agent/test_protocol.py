@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -135,3 +136,18 @@ def test_a_silent_agent_is_disconnected(server: Server) -> None:
         _hello(ws)
         # Never answer: the server pings every 0.2 s and gives up after 1 s of silence.
         assert "no message for" in _fatal(ws)
+
+
+def test_a_connected_agent_is_seen_without_a_write_per_ping(server: Server) -> None:
+    """The hub notes every connected agent's `last_seen` once per ping interval."""
+    with _ws(server) as ws:
+        _hello(ws)
+        first = server.api.call("GET", "/api/v1/agents/p1")["last_seen"]
+        seen = first
+        deadline = time.monotonic() + 5
+        while seen == first and time.monotonic() < deadline:
+            message = json.loads(ws.recv(timeout=5))
+            if message.get("method") in ("ping", "status"):
+                ws.send(json.dumps({"id": message["id"], "version": "v1", "result": {}}))
+            seen = server.api.call("GET", "/api/v1/agents/p1")["last_seen"]
+        assert seen > first

@@ -810,3 +810,21 @@ async def test_release_fails_a_task_on_its_last_attempt(store: SqlStore) -> None
 
     assert released.id == task.id and released.status is TaskStatus.FAILED
     assert released.error == "the agent left during the last attempt allowed"
+
+
+async def test_any_queued_sees_only_queued_tasks(store: SqlStore) -> None:
+    assert not await store.any_queued()
+    agent = await make_agent(store, "a1")
+    await queue(store, NewTask(type="t"), NewTask(type="t"))
+    assert await store.any_queued()
+    await claim_one(store, agent)
+    assert await store.any_queued()
+    await claim_one(store, agent)
+    assert not await store.any_queued()  # two active tasks, none queued
+
+
+async def test_touch_agents_sets_last_seen_of_those_named(store: SqlStore) -> None:
+    one, two = await make_agent(store, "a1"), await make_agent(store, "a2")
+    await store.touch_agents([one.id, 9999], NOW + 30)  # an agent that is gone is skipped
+    assert (await store.get_agent("a1")).last_seen == NOW + 30  # type: ignore[union-attr]
+    assert (await store.get_agent("a2")).last_seen == two.last_seen  # type: ignore[union-attr]

@@ -25,7 +25,7 @@ from typing import Protocol
 
 from taskfleet.core import errors
 from taskfleet.core.agents import agent_channel, control_channel, is_control_channel
-from taskfleet.core.models import Agent, Task, TaskFilter, TaskStatus
+from taskfleet.core.models import Agent, Task
 from taskfleet.core.ports import Bus
 from taskfleet.core.tasks import QUEUE_CHANNEL
 from taskfleet.services import Services
@@ -119,6 +119,7 @@ class Hub:
         self._found = found
         self._bus = bus
         self._live: dict[str, int] = {}
+        self._ids: dict[str, int] = {}  #: live agent name -> id, for `last_seen`
         self._grace: dict[str, asyncio.Task[None]] = {}
         self._timed: set[Timed] = set()
         self._ticker: asyncio.Task[None] | None = None
@@ -166,6 +167,7 @@ class Hub:
 
     def attach(self, agent: Agent) -> None:
         self._live[agent.name] = self._live.get(agent.name, 0) + 1
+        self._ids[agent.name] = agent.id
         if (timer := self._grace.pop(agent.name, None)) is not None:
             timer.cancel()
         self._found.metrics.connected_agents.inc()
@@ -177,6 +179,7 @@ class Hub:
         if left > 0:
             self._live[agent.name] = left
             return
+        self._ids.pop(agent.name, None)
         try:
             await self._found.agents.seen(agent, online=False)
         except Exception:
@@ -213,7 +216,7 @@ class Hub:
         tick = min(
             MAX_TICK_SECONDS, settings.agent_ping_interval / 4, settings.agent_idle_timeout / 4
         )
-        polled = time.monotonic()
+        polled = touched = time.monotonic()
         while True:
             await asyncio.sleep(tick)
             now = time.monotonic()
@@ -221,17 +224,26 @@ class Hub:
             if now - polled >= self._found.tasks.poll_interval and self._timed:
                 polled = now
                 queued = await self._queued()
+            if now - touched >= settings.agent_ping_interval:
+                touched = now
+                await self._touch()
             for conn in list(self._timed):
                 conn.on_tick(time.monotonic(), queued)
+
+    async def _touch(self) -> None:
+        """`last_seen` of every connected agent, once per ping interval, in one write."""
+        try:
+            await self._found.agents.touch(list(self._ids.values()))
+        except Exception:
+            log.exception("could not note the agents as seen", extra={"action": "agent_seen"})
 
     async def _queued(self) -> bool:
         """One query for the whole hub, so that an idle fleet does not poll claim by claim."""
         try:
-            found = await self._found.tasks.find(TaskFilter(status=TaskStatus.QUEUED, limit=1))
+            return await self._found.tasks.any_queued()
         except Exception:
             log.exception("queue poll failed", extra={"action": "agent_hub_poll"})
             return True  # let every connection look for itself
-        return bool(found)
 
     async def close(self) -> None:
         timers = list(self._grace.values())

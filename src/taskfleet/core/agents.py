@@ -127,6 +127,12 @@ class AgentService:
             fields["tags"] = check_labels(tags, "tags")
         return await self._store.update_agent(agent.id, **fields)
 
+    async def touch(self, agent_ids: Sequence[int]) -> None:
+        """Notes that these connected agents are still there (`last_seen`), in one write
+        for a whole fleet rather than one per agent and ping."""
+        if agent_ids:
+            await self._store.touch_agents(agent_ids, self._clock.now())
+
     async def seen(self, agent: Agent, online: bool = True) -> Agent:
         fields: dict[str, object] = {"online": online, "last_seen": self._clock.now()}
         if not online:

@@ -105,6 +105,10 @@ class AgentStore(Protocol):
 
     async def list_agents(self) -> list[Agent]: ...
 
+    async def touch_agents(self, agent_ids: Sequence[int], now: float) -> None:
+        """Sets `last_seen` of these agents (those that are gone are skipped)."""
+        ...
+
     async def update_agent(self, agent_id: int, **fields: object) -> Agent:
         """Sets plain agent fields (tags, status, online, ...). Raises `NotFound`."""
 
@@ -137,6 +141,10 @@ class TaskStore(Protocol):
     async def list_tasks(self, query: TaskFilter) -> list[Task]: ...
 
     async def count_tasks_by_status(self) -> dict[TaskStatus, int]: ...
+
+    async def any_queued(self) -> bool:
+        """Whether any task is queued, cheaply at any queue depth and history length."""
+        ...
 
     async def claim_task(self, agent: Agent, now: float, lease_seconds: float) -> Task | None:
         """Leases the best queued task this agent may run, or None.

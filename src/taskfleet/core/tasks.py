@@ -187,6 +187,9 @@ class TaskService:
     async def counts(self) -> dict[TaskStatus, int]:
         return await self._store.count_tasks_by_status()
 
+    async def any_queued(self) -> bool:
+        return await self._store.any_queued()
+
     async def wait(self, task_id: int, timeout: float, caller: Principal | None = None) -> Task:
         """Returns the task once it is finished, or as it stands after `timeout` seconds."""
         deadline = self._clock.now() + max(0.0, timeout)

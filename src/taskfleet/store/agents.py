@@ -12,6 +12,7 @@ from taskfleet.core.models import Agent, AgentStatus, Event, Group, JSONValue
 from taskfleet.store.base import Base, Conn, to_agent
 from taskfleet.store.tables import agent_groups, agents, events, groups
 
+TOUCH_CHUNK = 500  #: ids per UPDATE, well under every backend's limit on bound parameters
 AGENT_FIELDS = frozenset(c.name for c in agents.columns) - {"id", "name", "created_at"}
 
 
@@ -70,6 +71,15 @@ class AgentQueries(Base):
             rows = list(await conn.execute(select(agents).order_by(agents.c.name)))
             member_of = await _groups_of(conn, [r.id for r in rows])
         return [to_agent(r, tuple(member_of.get(r.id, ()))) for r in rows]
+
+    async def touch_agents(self, agent_ids: Sequence[int], now: float) -> None:
+        ids = sorted(set(agent_ids))
+        async with self._write() as conn:
+            for start in range(0, len(ids), TOUCH_CHUNK):
+                chunk = ids[start : start + TOUCH_CHUNK]
+                await conn.execute(
+                    update(agents).where(agents.c.id.in_(chunk)).values(last_seen=now)
+                )
 
     async def update_agent(self, agent_id: int, **fields: object) -> Agent:
         unknown = set(fields) - AGENT_FIELDS
