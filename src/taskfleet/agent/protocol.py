@@ -30,6 +30,7 @@ FORBIDDEN: Final = "forbidden"
 NOT_FOUND: Final = "not_found"
 CONFLICT: Final = "conflict"
 INTERNAL: Final = "internal"
+BUSY: Final = "busy"  #: nothing was done; the agent keeps the report and sends it again
 CODES: dict[type[errors.Error], str] = {
     errors.TooLarge: TOO_LARGE,
     errors.Invalid: INVALID,
@@ -37,6 +38,7 @@ CODES: dict[type[errors.Error], str] = {
     errors.Forbidden: FORBIDDEN,
     errors.NotFound: NOT_FOUND,
     errors.Conflict: CONFLICT,
+    errors.Busy: BUSY,
 }
 
 

@@ -6,7 +6,9 @@
     ├── Unauthorized     no credentials, or wrong ones
     ├── Forbidden        valid credentials, but not allowed to do this
     ├── NotFound         no such account, agent, task, ...
-    └── Conflict         the state moved on (stale attempt, duplicate name, ...)
+    ├── Conflict         the state moved on (stale attempt, duplicate name, ...)
+    └── Busy             the server cannot take this now (no database connection free in
+                         time); nothing was done, and the same request may be sent again
 
 The docstring of each class is its default message.
 """
@@ -44,3 +46,7 @@ class NotFound(Error):
 
 class Conflict(Error):
     """The request conflicts with the current state."""
+
+
+class Busy(Error):
+    """The server is too busy to take this now; try again."""

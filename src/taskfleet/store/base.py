@@ -32,6 +32,9 @@ from taskfleet.core.models import (
 #: A safety net: services validate input, but a value the database still refuses (too
 #: long, out of range) is the caller's error, not the server's.
 DATA_ERROR = "a value is too long or out of range for the database"
+#: Every pooled PostgreSQL connection stayed busy for the pool's timeout (a burst bigger
+#: than the pool): the request did nothing, and may be sent again.
+BUSY = "the server is busy: no database connection came free in time; try again"
 Params = dict[str, Any] | list[dict[str, Any]] | None
 
 
@@ -76,6 +79,8 @@ class Base:
                 raise errors.Conflict("that conflicts with an existing record") from error
             except exc.DataError as error:
                 raise errors.Invalid(DATA_ERROR) from error
+            except exc.TimeoutError as error:
+                raise errors.Busy(BUSY) from error
 
     @contextlib.asynccontextmanager
     async def _read(self) -> AsyncIterator[Conn]:
@@ -89,6 +94,8 @@ class Base:
                     yield Conn(conn)
         except exc.DataError as error:
             raise errors.Invalid(DATA_ERROR) from error
+        except exc.TimeoutError as error:
+            raise errors.Busy(BUSY) from error
 
     async def close(self) -> None:
         if isinstance(self.engine, AsyncEngine):

@@ -41,6 +41,7 @@ STATUS = {
     errors.Forbidden: 403,
     errors.NotFound: 404,
     errors.Conflict: 409,  # the worker drops an update answered 404 or 409
+    errors.Busy: 503,  # the worker keeps the update and sends it again
 }
 #: Engine task statuses in Flamenco's words (it spells "canceled" with one l).
 TASK_STATUS = {TaskStatus.CANCELLED: "canceled"}

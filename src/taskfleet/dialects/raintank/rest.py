@@ -37,8 +37,10 @@ META_CODE = {
     errors.Forbidden: 403,
     errors.NotFound: 404,
     errors.Conflict: 409,
+    errors.Busy: 503,
 }
-HTTP_STATUS = {401: 401, 403: 403}  #: meta codes the original also sent as the HTTP status
+#: Meta codes also sent as the HTTP status: the original's, and 503 so that clients retry.
+HTTP_STATUS = {401: 401, 403: 403, 503: 503}
 PAGE_SIZE = 50  #: the original's default `limit`
 MAX_PAGE_SIZE = 1000
 

@@ -74,6 +74,8 @@ def to_reply(exc: Exception) -> Response:
         return detail(404, exc.message)
     if isinstance(exc, errors.TooLarge):
         return error(413, exc.message)
+    if isinstance(exc, errors.Busy):
+        return detail(503, exc.message)
     if isinstance(exc, errors.Error):
         return error(400, exc.message)
     if isinstance(exc, HTTPException):
