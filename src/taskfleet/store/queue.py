@@ -18,7 +18,6 @@ from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
-    Row,
     Select,
     Update,
     and_,
@@ -28,6 +27,8 @@ from sqlalchemy import (
     literal,
     literal_column,
     select,
+    true,
+    union_all,
     update,
 )
 
@@ -72,68 +73,71 @@ def _tags_subset(count: int) -> ColumnElement[bool]:
     return rest == ","
 
 
-@functools.cache
-def best_of_kind(named: bool, tags: int, typed: bool, lock: bool) -> Select[Any]:
-    """The best queued task of one kind of target (`:kind`) this agent may take: of one
-    name (`:target`, for agent and group targets), of tags (`tags` of the agent's), or of
-    any agent. `typed` limits it to the agent's `:types`; `lock` skips and locks rows
-    (PostgreSQL's concurrent claimers each take a different one)."""
-    kind = tasks.c.target_kind == bindparam("kind")
-    if named:
-        kind = and_(kind, tasks.c.target == bindparam("target"))
-    elif tags:
-        kind = and_(kind, _tags_subset(tags))
-    stmt = select(tasks.c.id, tasks.c.job_priority, tasks.c.priority).where(QUEUED, kind, RUNNABLE)
+def _arm(kind: TargetKind, condition: ColumnElement[bool], typed: bool, lock: bool) -> Select[Any]:
+    """The best queued task of one kind of target: the first row of its index that passes.
+    `lock` skips and locks rows (PostgreSQL's concurrent claimers each take another)."""
+    stmt = select(tasks.c.id, tasks.c.job_priority, tasks.c.priority).where(
+        QUEUED, tasks.c.target_kind == kind.value, condition, RUNNABLE
+    )
     if typed:
         stmt = stmt.where(tasks.c.type.in_(bindparam("types", expanding=True)))
     stmt = stmt.order_by(*ORDER).limit(1)
     return stmt.with_for_update(skip_locked=True) if lock else stmt
 
 
-async def best_queued(conn: Conn, agent: Agent, lock: bool = False) -> int | None:
-    """The id of the queued task the agent should take next, or None."""
-    typed = bool(agent.task_types)
-    common: dict[str, Any] = {"agent_id": agent.id}
-    if typed:
-        common["types"] = list(agent.task_types)
-    queries: list[tuple[Select[Any], dict[str, Any]]] = [
-        (
-            best_of_kind(True, 0, typed, lock),
-            {**common, "kind": TargetKind.AGENT.value, "target": agent.name},
+@functools.cache
+def best_statement(groups: int, tags: int, typed: bool, lock: bool) -> Select[Any]:
+    """The id of the best queued task for an agent in `groups` groups with `tags` tags,
+    in one statement: one arm per kind of target (`:agent_name`, any, `:group0`…, tags
+    `:tag0`…), the best of their few rows. `typed` limits it to the agent's `:types`."""
+    arms = [
+        _arm(TargetKind.AGENT, tasks.c.target == bindparam("agent_name"), typed, lock),
+        _arm(TargetKind.ANY, true(), typed, lock),
+        *(
+            _arm(TargetKind.GROUP, tasks.c.target == bindparam(f"group{i}"), typed, lock)
+            for i in range(groups)
         ),
-        (best_of_kind(False, 0, typed, lock), {**common, "kind": TargetKind.ANY.value}),
     ]
-    for group in agent.groups:
-        queries.append(
-            (
-                best_of_kind(True, 0, typed, lock),
-                {**common, "kind": TargetKind.GROUP.value, "target": group},
-            )
-        )
-    if agent.tags:
-        tags = sorted(set(agent.tags))
-        params = {f"tag{i}": f",{tag}," for i, tag in enumerate(tags)}
-        queries.append(
-            (
-                best_of_kind(False, len(tags), typed, lock),
-                {**common, **params, "kind": TargetKind.TAGS.value},
-            )
-        )
-    found: list[Row[Any]] = []
-    for stmt, params in queries:
-        row = (await conn.execute(stmt, params)).first()
-        if row is not None:
-            found.append(row)
-    if not found:
-        return None
-    best = min(found, key=lambda r: (-r.job_priority, -r.priority, r.id))
-    return int(best.id)
+    if tags:
+        arms.append(_arm(TargetKind.TAGS, _tags_subset(tags), typed, lock))
+    # Each arm is a subquery of its own, so that it keeps its ORDER BY, LIMIT and lock.
+    subqueries = [arm.subquery(f"arm{i}") for i, arm in enumerate(arms)]
+    best = union_all(*(select(q.c.id, q.c.job_priority, q.c.priority) for q in subqueries))
+    rows = best.subquery("best")
+    order = (rows.c.job_priority.desc(), rows.c.priority.desc(), rows.c.id)
+    return select(rows.c.id).order_by(*order).limit(1)
 
 
-#: Leases the chosen task, if it is still queued and still runnable by the agent.
+def best_params(agent: Agent) -> tuple[Select[Any], dict[str, Any]]:
+    """`best_statement` for this agent (unlocked) and its parameters."""
+    tags = sorted(set(agent.tags))
+    params: dict[str, Any] = {"agent_id": agent.id, "agent_name": agent.name}
+    params.update({f"group{i}": group for i, group in enumerate(agent.groups)})
+    params.update({f"tag{i}": f",{tag}," for i, tag in enumerate(tags)})
+    if agent.task_types:
+        params["types"] = list(agent.task_types)
+    return best_statement(len(agent.groups), len(tags), bool(agent.task_types), False), params
+
+
+async def best_queued(conn: Conn, agent: Agent) -> int | None:
+    """The id of the queued task the agent should take next, or None."""
+    statement, params = best_params(agent)
+    return (await conn.execute(statement, params)).scalar()
+
+
+@functools.cache
+def take_best(groups: int, tags: int, typed: bool) -> Update:
+    """The whole claim in one statement, for PostgreSQL: leases the best queued task for
+    an agent of this shape, locking only the rows it looks at (`best_statement`)."""
+    best = best_statement(groups, tags, typed, True).scalar_subquery()
+    return TAKE.where(tasks.c.id == best)
+
+
+#: Leases a task if it is still queued and still runnable by the agent: with
+#: `tasks.c.id == :chosen` (SQLite) or with `take_best` (PostgreSQL).
 TAKE: Update = (
     update(tasks)
-    .where(tasks.c.id == bindparam("chosen"), QUEUED, RUNNABLE)
+    .where(QUEUED, RUNNABLE)
     .values(
         status=TaskStatus.ACTIVE.value,
         attempt=tasks.c.attempt + 1,
@@ -149,3 +153,4 @@ TAKE: Update = (
     )
     .returning(tasks)
 )
+TAKE_CHOSEN = TAKE.where(tasks.c.id == bindparam("chosen"))

@@ -40,7 +40,7 @@ from taskfleet.core.models import (
 )
 from taskfleet.store.base import Base, Conn, task_row, to_task
 from taskfleet.store.jobs import forget_failures
-from taskfleet.store.queue import QUEUED, TAKE, best_queued
+from taskfleet.store.queue import QUEUED, TAKE_CHOSEN, best_params, best_queued, take_best
 from taskfleet.store.tables import jobs, task_logs, task_outputs, tasks
 
 RUNNING = (TaskStatus.ACTIVE.value, TaskStatus.CANCEL_REQUESTED.value)
@@ -135,15 +135,15 @@ class TaskQueries(Base):
             return {TaskStatus(r.status): int(r.n) for r in await conn.execute(query)}
 
     async def claim_task(self, agent: Agent, now: float, lease_seconds: float) -> Task | None:
-        params = {"agent_id": agent.id, "expires": now + lease_seconds, "now": now}
+        lease = {"agent_id": agent.id, "expires": now + lease_seconds, "now": now}
         if not self.sqlite:
-            # One transaction that locks only the rows it looks at: concurrent claimers
-            # skip them and take the next. An idle poll's empty transaction writes nothing.
+            # One statement that locks only the rows it looks at: concurrent claimers
+            # skip them and take the next. An idle poll writes nothing.
+            _, params = best_params(agent)
+            groups, tags, typed = len(agent.groups), len(set(agent.tags)), bool(agent.task_types)
             async with self._write() as conn:
-                chosen = await best_queued(conn, agent, lock=True)
-                if chosen is None:
-                    return None
-                row = (await conn.execute(TAKE, {**params, "chosen": chosen})).first()
+                taken = await conn.execute(take_best(groups, tags, typed), {**params, **lease})
+                row = taken.first()
             return None if row is None else to_task(row)
         # Most claims find nothing (idle agents polling): answer those with a read, which
         # takes no write lock, and open the write transaction only for work.
@@ -152,13 +152,13 @@ class TaskQueries(Base):
         if chosen is None:
             return None
         async with self._write() as conn:
-            row = (await conn.execute(TAKE, {**params, "chosen": chosen})).first()
+            row = (await conn.execute(TAKE_CHOSEN, {**lease, "chosen": chosen})).first()
             if row is None:
                 # Another process took it since the read: choose again, under the lock.
                 chosen = await best_queued(conn, agent)
                 if chosen is None:
                     return None
-                row = (await conn.execute(TAKE, {**params, "chosen": chosen})).first()
+                row = (await conn.execute(TAKE_CHOSEN, {**lease, "chosen": chosen})).first()
         return None if row is None else to_task(row)
 
     async def _stale(self, conn: Conn, task_id: int, attempt: int) -> errors.Error:
