@@ -141,5 +141,8 @@ def serve(settings: Settings) -> None:
         log_config=None,  # uvicorn's records go through our handler (text or JSON)
         ws_per_message_deflate=False,  # ~50 KiB less per agent socket
         timeout_graceful_shutdown=10,
+        # A fleet reconnecting at once (a restart) queues thousands of handshakes: the
+        # default backlog of 2048 resets the rest. The kernel caps it at somaxconn.
+        backlog=8192,
     )
     _Server(config, app).run()
