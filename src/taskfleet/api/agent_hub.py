@@ -161,6 +161,8 @@ class Hub:
                 if task is not None or remaining <= 0 or tasks.stopping:
                     return task
                 await poll.sleep(remaining)
+                if tasks.stopping:  # woken by the shutdown: answer, claim nothing more
+                    return None
         finally:
             unsubscribe()
             self.stop_time(poll)

@@ -236,6 +236,8 @@ class TaskService:
             if task is not None or remaining <= 0 or self.stopping:
                 return task
             await self._bus.wait(channels, min(remaining, self.poll_interval))
+            if self.stopping:  # woken by the shutdown: answer, claim nothing more
+                return None
             agent = await self._store.get_agent_by_id(agent.id) or agent
 
     async def heartbeat(
