@@ -291,3 +291,41 @@ async def test_stop_ends_long_polls_at_once(engine: Services) -> None:
     engine.tasks.stop()
     claimed, waited = await asyncio.wait_for(asyncio.gather(*polls), 5)
     assert claimed is None and waited.status is TaskStatus.QUEUED
+
+
+async def test_claims_asked_together_share_one_transaction(
+    engine: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    agents = [await agent_named(engine, f"b{n}") for n in range(5)]
+    queued = await engine.tasks.submit([NewTask(type="t") for _ in range(4)])
+    batches: list[int] = []
+    claim_tasks = engine.store.claim_tasks
+
+    async def counted(claims, now):  # type: ignore[no-untyped-def]
+        batches.append(len(claims))
+        return await claim_tasks(claims, now)
+
+    monkeypatch.setattr(engine.store, "claim_tasks", counted)
+    got = await asyncio.gather(*(engine.tasks.claim(a) for a in agents))
+    assert batches == [5]  # one store call, one transaction, for the five claims
+    assert sorted(t.id for t in got if t) == [t.id for t in queued]
+    assert got[4] is None  # the fifth found the queue empty: in order, nothing lost
+    # A claim asked for on its own goes alone.
+    await engine.tasks.submit([NewTask(type="t")])
+    assert await engine.tasks.claim(agents[4]) is not None
+    assert batches == [5, 1]
+
+
+async def test_a_failed_batch_fails_each_claim_in_it(
+    engine: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    agents = [await agent_named(engine, f"c{n}") for n in range(3)]
+
+    async def busy(claims, now):  # type: ignore[no-untyped-def]
+        raise errors.Busy()
+
+    monkeypatch.setattr(engine.store, "claim_tasks", busy)
+    got = await asyncio.gather(*(engine.tasks.claim(a) for a in agents), return_exceptions=True)
+    assert [type(g) for g in got] == [errors.Busy] * 3
+    monkeypatch.undo()
+    assert await engine.tasks.claim(agents[0]) is None  # the next batch runs as usual

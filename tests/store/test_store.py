@@ -828,3 +828,20 @@ async def test_touch_agents_sets_last_seen_of_those_named(store: SqlStore) -> No
     await store.touch_agents([one.id, 9999], NOW + 30)  # an agent that is gone is skipped
     assert (await store.get_agent("a1")).last_seen == NOW + 30  # type: ignore[union-attr]
     assert (await store.get_agent("a2")).last_seen == two.last_seen  # type: ignore[union-attr]
+
+
+async def test_claim_tasks_claims_for_several_agents_in_one_transaction(store: SqlStore) -> None:
+    a1, a2, a3 = [await make_agent(store, name) for name in ("a1", "a2", "a3")]
+    for_a2, first_any, second_any = await queue(
+        store,
+        NewTask(type="t", target_kind=TargetKind.AGENT, target="a2", priority=-5),
+        NewTask(type="t", priority=1),
+        NewTask(type="t"),
+    )
+    # a1 and a3 both want the best "any" task: the first gets it, the second the next one.
+    # a2 takes its own task (the "any" ones are gone by then), and a1 again finds nothing.
+    got = await store.claim_tasks([(a1, LEASE), (a3, LEASE), (a2, LEASE), (a1, LEASE)], NOW)
+    assert [t.id if t else None for t in got] == [first_any.id, second_any.id, for_a2.id, None]
+    assert [t.lease_owner for t in got if t] == [a1.id, a3.id, a2.id]
+    assert all(t.attempt == 1 and t.status is TaskStatus.ACTIVE for t in got if t)
+    assert await store.claim_tasks([(a1, LEASE)], NOW) == [None]

@@ -153,6 +153,13 @@ class TaskStore(Protocol):
         is incremented by the claim.
         """
 
+    async def claim_tasks(
+        self, claims: Sequence[tuple[Agent, float]], now: float
+    ) -> list[Task | None]:
+        """`claim_task` for each (agent, lease seconds) in one transaction, in order: one
+        commit for all of them. The answers are in the same order."""
+        ...
+
     async def extend_lease(
         self,
         task_id: int,

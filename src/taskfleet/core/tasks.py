@@ -14,6 +14,7 @@ from dataclasses import replace
 
 from taskfleet.core import errors
 from taskfleet.core.agents import agent_channel, check_labels, control_channels
+from taskfleet.core.claims import ClaimBatch
 from taskfleet.core.models import (
     Agent,
     JSONValue,
@@ -105,6 +106,7 @@ class TaskService:
         self.lease_seconds = lease_seconds
         self.poll_interval = poll_interval
         self.stopping = False
+        self._claims = ClaimBatch(store, clock.now)
 
     # -- submitting -----------------------------------------------------------------
 
@@ -216,7 +218,7 @@ class TaskService:
         if not agent.enabled:
             return None
         lease = self.lease_seconds if lease_seconds is None else lease_seconds
-        task = await self._store.claim_task(agent, self._clock.now(), lease)
+        task = await self._claims.claim(agent, lease)
         if task is not None:
             log.debug("claimed", extra={"action": "claim_task", "task": task.id})
             if self._on_claim is not None:

@@ -90,6 +90,11 @@ def _finish_statement(completed: bool) -> Update:
 FINISH = {True: _finish_statement(True), False: _finish_statement(False)}
 
 
+def _lease(agent: Agent, now: float, lease_seconds: float) -> dict[str, Any]:
+    """The parameters of `TAKE` that lease a task to the agent."""
+    return {"agent_id": agent.id, "expires": now + lease_seconds, "now": now}
+
+
 def _filtered(query: TaskFilter) -> Select[Any]:
     stmt = select(tasks).where(tasks.c.id > query.after_id)
     if query.status is not None:
@@ -135,31 +140,43 @@ class TaskQueries(Base):
             return {TaskStatus(r.status): int(r.n) for r in await conn.execute(query)}
 
     async def claim_task(self, agent: Agent, now: float, lease_seconds: float) -> Task | None:
-        lease = {"agent_id": agent.id, "expires": now + lease_seconds, "now": now}
+        return (await self.claim_tasks([(agent, lease_seconds)], now))[0]
+
+    async def claim_tasks(
+        self, claims: Sequence[tuple[Agent, float]], now: float
+    ) -> list[Task | None]:
+        taken: list[Task | None] = [None] * len(claims)
         if not self.sqlite:
-            # One statement that locks only the rows it looks at: concurrent claimers
-            # skip them and take the next. An idle poll writes nothing.
-            _, params = best_params(agent)
-            groups, tags, typed = len(agent.groups), len(set(agent.tags)), bool(agent.task_types)
+            # One statement per claim that locks only the rows it looks at: concurrent
+            # claimers skip them and take the next. An idle poll writes nothing.
             async with self._write() as conn:
-                taken = await conn.execute(take_best(groups, tags, typed), {**params, **lease})
-                row = taken.first()
-            return None if row is None else to_task(row)
+                for i, (agent, lease_seconds) in enumerate(claims):
+                    _, params = best_params(agent)
+                    shape = len(agent.groups), len(set(agent.tags)), bool(agent.task_types)
+                    lease = _lease(agent, now, lease_seconds)
+                    row = (await conn.execute(take_best(*shape), {**params, **lease})).first()
+                    taken[i] = None if row is None else to_task(row)
+            return taken
         # Most claims find nothing (idle agents polling): answer those with a read, which
         # takes no write lock, and open the write transaction only for work.
         async with self._read() as conn:
-            chosen = await best_queued(conn, agent)
-        if chosen is None:
-            return None
+            chosen = [await best_queued(conn, agent) for agent, _ in claims]
+        if all(c is None for c in chosen):
+            return taken
         async with self._write() as conn:
-            row = (await conn.execute(TAKE_CHOSEN, {**lease, "chosen": chosen})).first()
-            if row is None:
-                # Another process took it since the read: choose again, under the lock.
-                chosen = await best_queued(conn, agent)
-                if chosen is None:
-                    return None
-                row = (await conn.execute(TAKE_CHOSEN, {**lease, "chosen": chosen})).first()
-        return None if row is None else to_task(row)
+            for i, (agent, lease_seconds) in enumerate(claims):
+                if chosen[i] is None:
+                    continue
+                lease = _lease(agent, now, lease_seconds)
+                row = (await conn.execute(TAKE_CHOSEN, {**lease, "chosen": chosen[i]})).first()
+                if row is None:
+                    # Another claim (here, or in another process since the read) took it:
+                    # choose again, under the lock.
+                    again = await best_queued(conn, agent)
+                    if again is not None:
+                        row = (await conn.execute(TAKE_CHOSEN, {**lease, "chosen": again})).first()
+                taken[i] = None if row is None else to_task(row)
+        return taken
 
     async def _stale(self, conn: Conn, task_id: int, attempt: int) -> errors.Error:
         task = await self._get(conn, task_id)
