@@ -45,6 +45,9 @@ class ClaimBatch:
                 batch = self._pending[: self._max_batch]
                 del self._pending[: self._max_batch]
                 await self._run(batch)
+                # Let this batch's agents have their tasks before the next batch is
+                # claimed: on SQLite the store call itself never yields.
+                await asyncio.sleep(0)
         except BaseException:  # cancelled: nobody is left to run the rest
             for _, _, future in self._pending:
                 future.cancel()
