@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator
 from types import FrameType
@@ -130,9 +131,27 @@ class _Server(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
+#: Allocations between young collections (CPython's default is 700), then young collections
+#: per middle one and middle ones per full one (defaults 10 and 10).
+GC_THRESHOLDS = (50_000, 50, 100)
+
+
+def _tune_gc() -> None:
+    """Fewer, later garbage collections. A server holding thousands of agents has millions
+    of long-lived objects, and CPython's default thresholds made a 10,000-agent broadcast
+    (which allocates a lot at once) spend about a third of its time in full collections
+    walking them. Reference counting still frees everything that is not in a cycle at
+    once; only cyclic garbage waits longer. What exists at start (modules, the app, the
+    schema) is frozen out of collections altogether, as Python's documentation suggests."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 def serve(settings: Settings) -> None:
     """Runs the server until SIGINT or SIGTERM."""
     app = build(settings)
+    _tune_gc()
     config = uvicorn.Config(
         app,
         host=settings.host,
