@@ -139,8 +139,8 @@ GC_THRESHOLDS = (50_000, 50, 100)
 def _tune_gc() -> None:
     """Fewer, later garbage collections. A server holding thousands of agents has millions
     of long-lived objects, and CPython's default thresholds made a 10,000-agent broadcast
-    (which allocates a lot at once) spend about a third of its time in full collections
-    walking them. Reference counting still frees everything that is not in a cycle at
+    (which allocates a lot at once) spend much of its time in collections walking
+    them. Reference counting still frees everything that is not in a cycle at
     once; only cyclic garbage waits longer. What exists at start (modules, the app, the
     schema) is frozen out of collections altogether, as Python's documentation suggests."""
     gc.collect()

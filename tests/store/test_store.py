@@ -845,3 +845,14 @@ async def test_claim_tasks_claims_for_several_agents_in_one_transaction(store: S
     assert [t.lease_owner for t in got if t] == [a1.id, a3.id, a2.id]
     assert all(t.attempt == 1 and t.status is TaskStatus.ACTIVE for t in got if t)
     assert await store.claim_tasks([(a1, LEASE)], NOW) == [None]
+
+
+async def test_agents_offline_marks_only_those_named(store: SqlStore) -> None:
+    one, two = await make_agent(store, "a1"), await make_agent(store, "a2")
+    for agent in (one, two):
+        await store.update_agent(agent.id, online=True, status=AgentStatus.AWAKE)
+    await store.agents_offline([one.id, 9999], NOW + 5)
+    gone, still = await store.get_agent("a1"), await store.get_agent("a2")
+    assert gone is not None and still is not None
+    assert (gone.online, gone.status, gone.last_seen) == (False, AgentStatus.OFFLINE, NOW + 5)
+    assert (still.online, still.status) == (True, AgentStatus.AWAKE)

@@ -120,6 +120,7 @@ class Hub:
         self._bus = bus
         self._live: dict[str, int] = {}
         self._ids: dict[str, int] = {}  #: live agent name -> id, for `last_seen`
+        self._leaving: list[int] = []  #: agents whose sockets closed as the server stops
         self._grace: dict[str, asyncio.Task[None]] = {}
         self._timed: set[Timed] = set()
         self._ticker: asyncio.Task[None] | None = None
@@ -182,6 +183,12 @@ class Hub:
             self._live[agent.name] = left
             return
         self._ids.pop(agent.name, None)
+        if self._found.tasks.stopping:
+            # Every socket closes at once: `close` marks them offline in one write (one
+            # write each kept thousands waiting for the pool past the graceful timeout).
+            # No grace timer either: the next start's agents reconnect or time out.
+            self._leaving.append(agent.id)
+            return
         try:
             await self._found.agents.seen(agent, online=False)
         except Exception:
@@ -248,6 +255,11 @@ class Hub:
             return True  # let every connection look for itself
 
     async def close(self) -> None:
+        try:
+            await self._found.agents.left(self._leaving)
+        except Exception:
+            log.exception("could not mark agents offline", extra={"action": "agent_lost"})
+        self._leaving.clear()
         timers = list(self._grace.values())
         if self._ticker is not None:
             timers.append(self._ticker)

@@ -133,6 +133,12 @@ class AgentService:
         if agent_ids:
             await self._store.touch_agents(agent_ids, self._clock.now())
 
+    async def left(self, agent_ids: Sequence[int]) -> None:
+        """These agents' connections closed together (the server is stopping): one write
+        marks them all offline, not one per agent."""
+        if agent_ids:
+            await self._store.agents_offline(agent_ids, self._clock.now())
+
     async def seen(self, agent: Agent, online: bool = True) -> Agent:
         fields: dict[str, object] = {"online": online, "last_seen": self._clock.now()}
         if not online:

@@ -109,6 +109,11 @@ class AgentStore(Protocol):
         """Sets `last_seen` of these agents (those that are gone are skipped)."""
         ...
 
+    async def agents_offline(self, agent_ids: Sequence[int], now: float) -> None:
+        """Marks these agents offline (as `update_agent` with online, status and last_seen
+        would, one by one)."""
+        ...
+
     async def update_agent(self, agent_id: int, **fields: object) -> Agent:
         """Sets plain agent fields (tags, status, online, ...). Raises `NotFound`."""
 

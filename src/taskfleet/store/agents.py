@@ -81,6 +81,14 @@ class AgentQueries(Base):
                     update(agents).where(agents.c.id.in_(chunk)).values(last_seen=now)
                 )
 
+    async def agents_offline(self, agent_ids: Sequence[int], now: float) -> None:
+        ids = sorted(set(agent_ids))
+        offline = {"online": False, "status": AgentStatus.OFFLINE.value, "last_seen": now}
+        async with self._write() as conn:
+            for start in range(0, len(ids), TOUCH_CHUNK):
+                chunk = ids[start : start + TOUCH_CHUNK]
+                await conn.execute(update(agents).where(agents.c.id.in_(chunk)).values(offline))
+
     async def update_agent(self, agent_id: int, **fields: object) -> Agent:
         unknown = set(fields) - AGENT_FIELDS
         if unknown:
