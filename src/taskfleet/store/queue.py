@@ -1,10 +1,10 @@
 """The claim's queries: which queued task an agent takes next.
 
 An agent may take tasks targeted at it, at one of its groups, at any agent, or at tags it
-all has. Each kind is read by its own query straight off a partial index in the claim's
-order (job priority desc, priority desc, id), so the first row that passes the filters is
-the answer however deep the queue is; the best of those few rows wins. One query with an
-OR across the kinds would have to sort every queued task instead.
+all has. Each kind is read by its own arm of one statement, straight off a partial index
+in the claim's order (job priority desc, priority desc, id), so the first row that passes
+the filters is the arm's answer however deep the queue is; the best of those few rows
+wins. One query with an OR across the kinds would have to sort every queued task instead.
 
 Statements are built once and take the agent as bound parameters: building SQLAlchemy
 constructs per claim cost more than running them. Only `status = 'queued'` is a literal,
