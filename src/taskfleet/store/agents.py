@@ -73,21 +73,19 @@ class AgentQueries(Base):
         return [to_agent(r, tuple(member_of.get(r.id, ()))) for r in rows]
 
     async def touch_agents(self, agent_ids: Sequence[int], now: float) -> None:
-        ids = sorted(set(agent_ids))
-        async with self._write() as conn:
-            for start in range(0, len(ids), TOUCH_CHUNK):
-                chunk = ids[start : start + TOUCH_CHUNK]
-                await conn.execute(
-                    update(agents).where(agents.c.id.in_(chunk)).values(last_seen=now)
-                )
+        await self._update_many(agent_ids, {"last_seen": now})
 
     async def agents_offline(self, agent_ids: Sequence[int], now: float) -> None:
-        ids = sorted(set(agent_ids))
         offline = {"online": False, "status": AgentStatus.OFFLINE.value, "last_seen": now}
+        await self._update_many(agent_ids, offline)
+
+    async def _update_many(self, agent_ids: Sequence[int], values: dict[str, object]) -> None:
+        """The same values on many agents, in one transaction of a few statements."""
+        ids = sorted(set(agent_ids))
         async with self._write() as conn:
             for start in range(0, len(ids), TOUCH_CHUNK):
                 chunk = ids[start : start + TOUCH_CHUNK]
-                await conn.execute(update(agents).where(agents.c.id.in_(chunk)).values(offline))
+                await conn.execute(update(agents).where(agents.c.id.in_(chunk)).values(values))
 
     async def update_agent(self, agent_id: int, **fields: object) -> Agent:
         unknown = set(fields) - AGENT_FIELDS

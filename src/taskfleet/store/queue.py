@@ -108,21 +108,28 @@ def best_statement(groups: int, tags: int, typed: bool, lock: bool) -> Select[An
     return select(rows.c.id).order_by(*order).limit(1)
 
 
-def best_params(agent: Agent) -> tuple[Select[Any], dict[str, Any]]:
-    """`best_statement` for this agent (unlocked) and its parameters."""
+def _shape_and_params(agent: Agent) -> tuple[tuple[int, int, bool], dict[str, Any]]:
+    """The agent's shape (groups, tags, typed), which picks a statement, and the
+    parameters that fill it in."""
     tags = sorted(set(agent.tags))
     params: dict[str, Any] = {"agent_id": agent.id, "agent_name": agent.name}
     params.update({f"group{i}": group for i, group in enumerate(agent.groups)})
     params.update({f"tag{i}": f",{tag}," for i, tag in enumerate(tags)})
     if agent.task_types:
         params["types"] = list(agent.task_types)
-    return best_statement(len(agent.groups), len(tags), bool(agent.task_types), False), params
+    return (len(agent.groups), len(tags), bool(agent.task_types)), params
 
 
 async def best_queued(conn: Conn, agent: Agent) -> int | None:
     """The id of the queued task the agent should take next, or None."""
-    statement, params = best_params(agent)
-    return (await conn.execute(statement, params)).scalar()
+    shape, params = _shape_and_params(agent)
+    return (await conn.execute(best_statement(*shape, False), params)).scalar()
+
+
+def take_best_for(agent: Agent) -> tuple[Update, dict[str, Any]]:
+    """`take_best` for this agent and its parameters (add the lease's to them)."""
+    shape, params = _shape_and_params(agent)
+    return take_best(*shape), params
 
 
 @functools.cache

@@ -40,7 +40,7 @@ from taskfleet.core.models import (
 )
 from taskfleet.store.base import Base, Conn, task_row, to_task
 from taskfleet.store.jobs import forget_failures
-from taskfleet.store.queue import QUEUED, TAKE_CHOSEN, best_params, best_queued, take_best
+from taskfleet.store.queue import QUEUED, TAKE_CHOSEN, best_queued, take_best_for
 from taskfleet.store.tables import jobs, task_logs, task_outputs, tasks
 
 RUNNING = (TaskStatus.ACTIVE.value, TaskStatus.CANCEL_REQUESTED.value)
@@ -151,10 +151,9 @@ class TaskQueries(Base):
             # claimers skip them and take the next. An idle poll writes nothing.
             async with self._write() as conn:
                 for i, (agent, lease_seconds) in enumerate(claims):
-                    _, params = best_params(agent)
-                    shape = len(agent.groups), len(set(agent.tags)), bool(agent.task_types)
+                    statement, params = take_best_for(agent)
                     lease = _lease(agent, now, lease_seconds)
-                    row = (await conn.execute(take_best(*shape), {**params, **lease})).first()
+                    row = (await conn.execute(statement, {**params, **lease})).first()
                     taken[i] = None if row is None else to_task(row)
             return taken
         # Most claims find nothing (idle agents polling): answer those with a read, which
