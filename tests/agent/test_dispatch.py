@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from itertools import groupby
+from typing import Any
 
 from tests.agent.conftest import StartAgent, StartServer, wait_for
 
@@ -43,9 +44,13 @@ def test_a_thousand_tasks_complete_by_priority(
     assert {t["attempt"] for t in tasks} == {1}
     assert {t["agent_id"] for t in tasks} == {1, 2}  # both agents took work
 
-    # Each agent claims one task after the other, always the best one queued, so in the
-    # order of its claims the tasks go by priority (highest first), then by id.
-    by_agent = sorted(tasks, key=lambda t: (t["agent_id"], datetime.fromisoformat(t["claimed_at"])))
+    # Each agent claims for its free slots, always the best tasks queued, so in the order
+    # of its claims the tasks go by priority (highest first), then by id. Tasks claimed
+    # together (one transaction: one claimed_at) are the best ones, in that order too.
+    def claim_order(t: dict[str, Any]) -> tuple[int, datetime, int, int]:
+        return (t["agent_id"], datetime.fromisoformat(t["claimed_at"]), -t["priority"], t["id"])
+
+    by_agent = sorted(tasks, key=claim_order)
     for _, claimed in groupby(by_agent, key=lambda t: t["agent_id"]):
         order = [(-t["priority"], t["id"]) for t in claimed]
         assert order == sorted(order)

@@ -45,7 +45,7 @@ def _request(msg_id: str, method: str, **params: Any) -> str:
 
 
 def _hello(ws: ClientConnection, **params: Any) -> dict[str, Any]:
-    ws.send(_request("h", "hello", concurrency=0, **params))
+    ws.send(_request("h", "hello", **{"concurrency": 0, **params}))
     while True:
         message: dict[str, Any] = json.loads(ws.recv(timeout=5))
         if message.get("id") == "h":
@@ -56,9 +56,10 @@ def _fatal(ws: ClientConnection) -> str:
     """Reads until the server's fatal_error, and checks that the server then closes."""
     while True:
         try:
-            message = json.loads(ws.recv(timeout=5))
+            received = json.loads(ws.recv(timeout=5))
         except ConnectionClosed:
             raise AssertionError("closed without a fatal_error") from None
+        message = received[-1] if isinstance(received, list) else received  # fatal comes last
         if "fatal_error" in message:
             with pytest.raises(ConnectionClosed):
                 while True:
@@ -151,3 +152,89 @@ def test_a_connected_agent_is_seen_without_a_write_per_ping(server: Server) -> N
                 ws.send(json.dumps({"id": message["id"], "version": "v1", "result": {}}))
             seen = server.api.call("GET", "/api/v1/agents/p1")["last_seen"]
         assert seen > first
+
+
+def _messages(ws: ClientConnection, count: int) -> list[Any]:
+    """The next `count` websocket messages, parsed (pings from the server skipped)."""
+    got: list[Any] = []
+    while len(got) < count:
+        message = json.loads(ws.recv(timeout=5))
+        if isinstance(message, dict) and message.get("method") == "ping":
+            ws.send(json.dumps({"id": message["id"], "version": "v1", "result": {}}))
+            continue
+        got.append(message)
+    return got
+
+
+def _frames(messages: list[Any]) -> list[dict[str, Any]]:
+    return [f for m in messages for f in (m if isinstance(m, list) else [m])]
+
+
+@pytest.mark.parametrize("batch", [True, False], ids=["batching", "one by one"])
+def test_arrays_go_only_to_an_agent_that_reads_them(server: Server, batch: bool) -> None:
+    name = f"batch-{batch}".lower()
+    server.api.add_agent(name)
+    mine = {"type": "echo", "agent": name}
+    queued = server.api.submit(*(dict(mine, payload=i) for i in range(3)))
+    with _ws(server, name) as ws:
+        hello = _hello(ws, concurrency=3, task_types=["echo"], batch=batch)
+        assert hello["result"]["batch"] is True  # the server reads arrays from anyone
+        status, pushed = _messages(ws, 2)
+        assert status["method"] == "status"
+        # The three tasks were claimed together and pushed together: as one array, or as
+        # three messages to an agent that did not say it reads arrays.
+        if batch:
+            assert isinstance(pushed, list)
+            runs = pushed
+        else:
+            runs = [pushed, *_messages(ws, 2)]
+            assert all(isinstance(r, dict) for r in runs)
+        assert [r["method"] for r in runs] == ["task.run"] * 3
+        assert sorted(r["params"]["task_id"] for r in runs) == sorted(t["id"] for t in queued)
+
+        # The agent answers them and reports all three outcomes in one array.
+        answers = [{"id": r["id"], "version": "v1", "result": {"accepted": True}} for r in runs]
+        reports = [
+            json.loads(
+                _request(
+                    f"r{i}",
+                    "task_status",
+                    task_id=r["params"]["task_id"],
+                    attempt=1,
+                    state="complete",
+                    result=i,
+                )
+            )
+            for i, r in enumerate(runs)
+        ]
+        ws.send(json.dumps([*answers, *reports]))
+        replies = _frames(_messages(ws, 1 if batch else 3))
+        assert [r["id"] for r in replies] == ["r0", "r1", "r2"]  # in the order sent
+        assert all(r["result"] == {"status": "completed"} for r in replies)
+    results = {t["id"]: t["result"] for t in server.api.tasks(status="completed")}
+    assert [results[r["params"]["task_id"]] for r in runs] == [0, 1, 2]
+
+
+BAD_ARRAYS = {
+    "empty": ("[]", "an array of 1 to"),
+    "not objects": ("[1, 2]", "an array of 1 to"),
+    "too long": (json.dumps([json.loads(_request(str(i), "ping")) for i in range(1001)]), "1000"),
+    "a bad frame inside": (
+        "[" + _request("1", "ping") + ',{"id": "2", "version": "v1"}]',
+        "malformed message",
+    ),
+}
+
+
+@pytest.mark.parametrize("frame, reason", BAD_ARRAYS.values(), ids=BAD_ARRAYS.keys())
+def test_a_bad_array_gets_fatal_error(server: Server, frame: str, reason: str) -> None:
+    with _ws(server) as ws:
+        _hello(ws, batch=True)
+        ws.send(frame)
+        assert reason in _fatal(ws)
+
+
+def test_hello_cannot_come_in_an_array(server: Server) -> None:
+    with _ws(server) as ws:
+        ws.send("[" + _request("h", "hello") + "," + _request("p", "ping") + "]")
+        assert "first message must be a hello" in _fatal(ws)

@@ -19,6 +19,7 @@ from taskfleet.core.models import (
     RegistrationPolicy,
     Role,
     TargetKind,
+    Task,
     TaskStatus,
 )
 from taskfleet.services import Services, wire
@@ -314,6 +315,33 @@ async def test_claims_asked_together_share_one_transaction(
     await engine.tasks.submit([NewTask(type="t")])
     assert await engine.tasks.claim(agents[4]) is not None
     assert batches == [5, 1]
+
+
+async def test_results_reported_together_share_one_transaction(
+    engine: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    agent = await agent_named(engine, "r1")
+    await engine.tasks.submit([NewTask(type="t") for _ in range(3)])
+    first, second, third = await engine.tasks.claim_many(agent, 3)
+    batches: list[int] = []
+    finish_tasks = engine.store.finish_tasks
+
+    async def counted(outcomes, now):  # type: ignore[no-untyped-def]
+        batches.append(len(outcomes))
+        return await finish_tasks(outcomes, now)
+
+    monkeypatch.setattr(engine.store, "finish_tasks", counted)
+    got = await asyncio.gather(
+        engine.tasks.complete(agent, first.id, first.attempt, "one"),
+        engine.tasks.complete(agent, second.id, second.attempt + 1, "stale"),
+        engine.tasks.confirm_cancel(agent, third.id, third.attempt),
+        return_exceptions=True,
+    )
+    assert batches == [3]  # one store call, one transaction, for the three reports
+    done, stale, cancelled = got
+    assert isinstance(done, Task) and (done.status, done.result) == (TaskStatus.COMPLETED, "one")
+    assert isinstance(stale, errors.Conflict)  # refused alone: the others are recorded
+    assert isinstance(cancelled, Task) and cancelled.status is TaskStatus.CANCELLED
 
 
 async def test_a_failed_batch_fails_each_claim_in_it(

@@ -20,6 +20,7 @@ from taskfleet.core.models import (
     AgentStatus,
     Job,
     NewTask,
+    Outcome,
     Progress,
     Role,
     TargetKind,
@@ -856,3 +857,44 @@ async def test_agents_offline_marks_only_those_named(store: SqlStore) -> None:
     assert gone is not None and still is not None
     assert (gone.online, gone.status, gone.last_seen) == (False, AgentStatus.OFFLINE, NOW + 5)
     assert (still.online, still.status) == (True, AgentStatus.AWAKE)
+
+
+async def test_claim_tasks_fills_several_slots_of_one_agent(store: SqlStore) -> None:
+    agent = await make_agent(store, "a1")
+    low, high, mid = await queue(
+        store, NewTask(type="t"), NewTask(type="t", priority=9), NewTask(type="t", priority=5)
+    )
+    got = await store.claim_tasks([(agent, LEASE)] * 4, NOW)
+    assert [t.id if t else None for t in got] == [high.id, mid.id, low.id, None]
+
+
+async def test_finish_tasks_answers_each_outcome_on_its_own(store: SqlStore) -> None:
+    agent = await make_agent(store, "a1")
+    *_, untouched = await queue(store, *(NewTask(type="t") for _ in range(4)))
+    claimed = await store.claim_tasks([(agent, LEASE)] * 3, NOW)
+    first, second, third = (t for t in claimed if t is not None)
+    await finish(store, first, result=1)
+    outcomes = [
+        Outcome(first.id, agent.id, first.attempt, TaskStatus.COMPLETED, 1),  # a repeat
+        Outcome(second.id, agent.id, second.attempt + 1, TaskStatus.COMPLETED, 2),  # stale
+        Outcome(third.id, agent.id, third.attempt, TaskStatus.FAILED, None, "boom"),
+        Outcome(9999, agent.id, 1, TaskStatus.COMPLETED, 3),  # no such task
+        Outcome(second.id, agent.id, second.attempt, TaskStatus.COMPLETED, 2),
+    ]
+    answers = await store.finish_tasks(outcomes, NOW + 2)
+    assert answers[0] == (await store.get_task(first.id), False)
+    assert isinstance(answers[1], errors.Conflict)
+    assert isinstance(answers[3], errors.NotFound)
+    recorded = [a for a in answers if isinstance(a, tuple) and a[1]]
+    assert [(t.id, t.status, t.result, t.error) for t, _ in recorded] == [
+        (third.id, TaskStatus.FAILED, None, "boom"),
+        (second.id, TaskStatus.COMPLETED, 2, None),
+    ]
+    # The refused ones changed nothing; the others are stored.
+    stored = {t.id: t.status for t in await store.list_tasks(TaskFilter())}
+    assert stored == {
+        first.id: TaskStatus.COMPLETED,
+        second.id: TaskStatus.COMPLETED,
+        third.id: TaskStatus.FAILED,
+        untouched.id: TaskStatus.QUEUED,
+    }

@@ -20,7 +20,7 @@ import contextlib
 import itertools
 import logging
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
 from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -45,6 +45,8 @@ HELLO_TIMEOUT_SECONDS = 10.0
 MAX_UNANSWERED = 1000  #: requests awaiting the agent's response before we give up on it
 MAX_CONCURRENCY = 1000
 CANCEL_SCAN = 100  #: cancel-requested tasks looked at per wake-up
+FINAL_STATES = frozenset({"complete", "error", "cancelled"})
+CLAIM_AT_ONCE = 64  #: tasks claimed for one agent in one go
 GONE = (WebSocketDisconnect, WebSocketDisconnected)
 #: The agent's requests, by method, to the `Connection` method serving each.
 METHODS = {
@@ -79,8 +81,8 @@ class Connection:
         "_ping_due",
         "_pinged",
         "_pusher",
-        "_send_lock",
         "_status_sent",
+        "_writer",
         "_ws",
         "agent",
     )
@@ -99,7 +101,7 @@ class Connection:
         #: our requests awaiting the agent's response: id -> (method, task id, attempt)
         self._pending: dict[str, tuple[str, int, int]] = {}
         self._ids = itertools.count(1)
-        self._send_lock = asyncio.Lock()
+        self._writer = wire.Writer(ws.send_text, self._limit)
         self._heard = self._pinged = time.monotonic()
         # What the pusher has to do next (see `_push`).
         self._fill_due = self._control_due = self._ping_due = False
@@ -141,6 +143,7 @@ class Connection:
             if (pusher := self._pusher) is not None:
                 pusher.cancel()
                 await asyncio.gather(pusher, return_exceptions=True)
+            self._writer.cancel()
             with contextlib.suppress(Exception):
                 await self._ws.close()
 
@@ -163,12 +166,13 @@ class Connection:
         name = self.agent.name if self.agent else "?"
         log.info("closing agent %s: %s", name, message, extra={"action": "agent_ws_fatal"})
         with contextlib.suppress(Exception):
-            await self._send(wire.fatal(message))
+            self._send(wire.fatal(message))
+            await self._writer.flush()
             await self._ws.close(code)
 
     # -- framing ------------------------------------------------------------------------
 
-    async def _receive(self) -> wire.Frame:
+    async def _receive(self) -> list[wire.Frame]:
         message = await self._ws.receive()
         if message["type"] == "websocket.disconnect":
             raise WebSocketDisconnect(message.get("code", 1000))
@@ -176,25 +180,26 @@ class Connection:
         text = message.get("text")
         return wire.decode(text if text is not None else message.get("bytes") or b"", self._limit)
 
-    async def _send(self, text: str) -> None:
-        async with self._send_lock:
-            await self._ws.send_text(text)
+    def _send(self, text: str) -> None:
+        """Queues a message: those of one loop iteration go out together (`wire.Writer`)."""
+        self._writer.put(text)
 
-    async def _request(self, method: str, params: dict[str, Any]) -> None:
+    def _request(self, method: str, params: dict[str, Any]) -> None:
         if len(self._pending) >= MAX_UNANSWERED:
             raise wire.ProtocolError("protocol violation: too many requests left unanswered.")
         msg_id = f"s{next(self._ids)}"
         self._pending[msg_id] = (method, params.get("task_id", 0), params.get("attempt", 0))
-        await self._send(wire.request(msg_id, method, params))
+        self._send(wire.request(msg_id, method, params))
 
     # -- hello --------------------------------------------------------------------------
 
     async def _greet(self, principal: Principal | None) -> Agent:
         try:
-            frame = await asyncio.wait_for(self._receive(), HELLO_TIMEOUT_SECONDS)
+            frames = await asyncio.wait_for(self._receive(), HELLO_TIMEOUT_SECONDS)
         except TimeoutError:
             raise wire.ProtocolError("protocol violation: no hello received in time.") from None
-        if not isinstance(frame, wire.Request) or frame.method != "hello":
+        frame = frames[0]
+        if len(frames) > 1 or not isinstance(frame, wire.Request) or frame.method != "hello":
             raise wire.ProtocolError("protocol violation: the first message must be a hello.")
         p = wire.Params("hello", frame.params)
         principal = await self._authenticate(principal, p)
@@ -211,8 +216,10 @@ class Connection:
         for item in p.value("running", []) or []:
             held = wire.Params("hello.running", item if isinstance(item, dict) else {})
             self._in_flight[held.integer("task_id")] = held.integer("attempt")
-        await self._send(wire.result(frame.id, self._welcome(agent)))
-        await self._request("status", {})
+        self._send(wire.result(frame.id, self._welcome(agent)))
+        await self._writer.flush()  # the hello result travels alone; arrays come after
+        self._writer.batch = p.value("batch", False) is True
+        self._request("status", {})
         return agent
 
     def _welcome(self, agent: Agent) -> dict[str, Any]:
@@ -223,6 +230,7 @@ class Connection:
             "ping_interval": settings.agent_ping_interval,
             "idle_timeout": settings.agent_idle_timeout,
             "lease_seconds": self._found.tasks.lease_seconds,
+            "batch": True,
         }
 
     async def _authenticate(self, principal: Principal | None, p: wire.Params) -> Principal:
@@ -248,14 +256,27 @@ class Connection:
 
     async def _read_forever(self) -> None:
         while True:
-            frame = await self._receive()
-            if isinstance(frame, wire.Fatal):
-                log.info("agent sent fatal_error: %s", frame.message, extra={"action": "agent_ws"})
-                return
-            if isinstance(frame, wire.Response):
-                await self._on_response(frame)
-            else:
-                await self._on_request(frame)
+            for run in _runs(await self._receive()):
+                first = run[0]
+                if isinstance(first, wire.Fatal):
+                    message = first.message
+                    log.info("agent sent fatal_error: %s", message, extra={"action": "agent_ws"})
+                    return
+                if isinstance(first, wire.Response):
+                    await self._on_response(first)
+                elif len(run) > 1:
+                    await self._on_outcomes(run)
+                else:
+                    await self._on_request(first)
+
+    async def _on_outcomes(self, run: list[wire.Frame]) -> None:
+        """Outcomes of several tasks, sent together: recorded together (one transaction,
+        `core.batches`), answered in order."""
+        frames = [f for f in run if isinstance(f, wire.Request)]
+        done = await asyncio.gather(*map(self._on_request, frames), return_exceptions=True)
+        for failure in done:
+            if failure is not None:
+                raise failure
 
     async def _on_request(self, frame: wire.Request) -> None:
         if frame.method == "hello":
@@ -266,9 +287,9 @@ class Connection:
         try:
             value = await handler(wire.Params(frame.method, frame.params))
         except errors.Error as exc:
-            await self._send(wire.error(frame.id, exc.message, wire.code_of(exc)))
+            self._send(wire.error(frame.id, exc.message, wire.code_of(exc)))
             return
-        await self._send(wire.result(frame.id, value))
+        self._send(wire.result(frame.id, value))
 
     async def _on_response(self, frame: wire.Response) -> None:
         pending = self._pending.pop(frame.id, None)
@@ -408,7 +429,7 @@ class Connection:
                     raise wire.ProtocolError(self._expired)
                 if self._ping_due:
                     self._ping_due = False
-                    await self._request("ping", {})
+                    self._request("ping", {})
                 if self._control_due:
                     self._control_due = False
                     await self._control()
@@ -424,30 +445,31 @@ class Connection:
         self.agent = agent = await self._found.agents.get(self.agent.name)
         wanted = agent.requested_status
         if wanted is not None and wanted is not self._status_sent:
-            await self._request(
-                "status_change", {"status": wanted.value, "lazy": agent.requested_lazy}
-            )
+            self._request("status_change", {"status": wanted.value, "lazy": agent.requested_lazy})
         self._status_sent = wanted
         query = TaskFilter(status=TS.CANCEL_REQUESTED, agent_id=agent.id, limit=CANCEL_SCAN)
         current = {(t.id, t.attempt) for t in await self._found.tasks.find(query)}
         self._cancels_sent &= current
         for task_id, attempt in sorted(current - self._cancels_sent):
             self._cancels_sent.add((task_id, attempt))
-            await self._request("task.cancel", {"task_id": task_id, "attempt": attempt})
+            self._request("task.cancel", {"task_id": task_id, "attempt": attempt})
 
     async def _fill(self) -> None:
         """Claims and pushes tasks while the agent has free slots and may take work."""
         assert self.agent is not None
-        while len(self._in_flight) < self._concurrency and self._takes_work(self.agent):
-            task = await self._found.tasks.claim(self.agent)
-            if task is None:
+        while (free := self._concurrency - len(self._in_flight)) > 0:
+            if not self._takes_work(self.agent):
+                return
+            tasks = await self._found.tasks.claim_many(self.agent, min(free, CLAIM_AT_ONCE))
+            if not tasks:
                 if not self._in_flight and not self._idle_sent:
                     self._idle_sent = True
-                    await self._request("idle", {})
+                    self._request("idle", {})
                 return
             self._idle_sent = False
-            self._in_flight[task.id] = task.attempt
-            await self._request("task.run", self._run_params(task))
+            for task in tasks:
+                self._in_flight[task.id] = task.attempt
+                self._request("task.run", self._run_params(task))
 
     @staticmethod
     def _takes_work(agent: Agent) -> bool:
@@ -463,6 +485,35 @@ class Connection:
             "lease_seconds": lease,
             "timeout_seconds": task.timeout_seconds,
         }
+
+
+def _runs(frames: list[wire.Frame]) -> Iterator[list[wire.Frame]]:
+    """The frames of one message, one at a time, except that a run of final `task_status`
+    reports of distinct tasks comes as one: those may be recorded together. Everything
+    else keeps the order it was sent in."""
+    run: list[wire.Frame] = []
+    ids: set[int] = set()
+    for frame in frames:
+        task_id = _outcome_of(frame)
+        if run and (task_id is None or task_id in ids):
+            yield run
+            run, ids = [], set()
+        if task_id is None:
+            yield [frame]
+        else:
+            run.append(frame)
+            ids.add(task_id)
+    if run:
+        yield run
+
+
+def _outcome_of(frame: wire.Frame) -> int | None:
+    """The task a final `task_status` report is about; None for any other frame."""
+    if isinstance(frame, wire.Request) and frame.method == "task_status":
+        task_id = frame.params.get("task_id")
+        if frame.params.get("state") in FINAL_STATES and isinstance(task_id, int):
+            return task_id
+    return None
 
 
 def _progress(p: wire.Params) -> Progress:

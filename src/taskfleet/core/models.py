@@ -125,6 +125,18 @@ class Job:
     created_at: float = 0.0
 
 
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How an agent's attempt at a task ended, as it reports it (see `Store.finish_tasks`)."""
+
+    task_id: int
+    agent_id: int
+    attempt: int
+    status: TaskStatus  #: completed, failed or cancelled
+    result: JSONValue = None
+    error: str | None = None
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Progress:
     percent: float | None = None

@@ -10,6 +10,7 @@ import time
 from collections.abc import Collection, Iterable, Sequence
 from typing import Protocol
 
+from taskfleet.core import errors
 from taskfleet.core.models import (
     Account,
     Agent,
@@ -28,6 +29,7 @@ from taskfleet.core.models import (
     NewCommandGroup,
     NewSchedule,
     NewTask,
+    Outcome,
     Output,
     Progress,
     RegistrationToken,
@@ -176,6 +178,19 @@ class TaskStore(Protocol):
     ) -> Task:
         """Extends the current attempt's lease. Raises `Conflict` for a stale attempt."""
 
+    async def finish_tasks(
+        self, outcomes: Sequence[Outcome], now: float
+    ) -> list[tuple[Task, bool] | errors.Error]:
+        """Records each outcome of a current attempt in one transaction (one commit for all
+        of them); answers in the same order with (task, newly_recorded) or the error that
+        refuses that outcome alone.
+
+        A repeat for an attempt already finished the same way answers (task, False); any
+        other stale report answers `Conflict` (`NotFound` for no such task) and changes
+        nothing.
+        """
+        ...
+
     async def finish_task(
         self,
         task_id: int,
@@ -186,11 +201,7 @@ class TaskStore(Protocol):
         error: str | None,
         now: float,
     ) -> tuple[Task, bool]:
-        """Records the outcome of the current attempt; returns (task, newly_recorded).
-
-        A repeat for an attempt already finished the same way returns (task, False);
-        any other stale report raises `Conflict` and changes nothing.
-        """
+        """`finish_tasks` for one outcome; raises the error that refuses it."""
 
     async def request_cancel(self, task_id: int, now: float) -> Task: ...
 

@@ -14,12 +14,13 @@ from dataclasses import replace
 
 from taskfleet.core import errors
 from taskfleet.core.agents import agent_channel, check_labels, control_channels
-from taskfleet.core.claims import ClaimBatch
+from taskfleet.core.batches import Batch
 from taskfleet.core.models import (
     Agent,
     JSONValue,
     LogChunk,
     NewTask,
+    Outcome,
     Output,
     Principal,
     Progress,
@@ -106,7 +107,16 @@ class TaskService:
         self.lease_seconds = lease_seconds
         self.poll_interval = poll_interval
         self.stopping = False
-        self._claims = ClaimBatch(store, clock.now)
+        self._claims: Batch[tuple[Agent, float], Task | None] = Batch(self._claim_tasks)
+        self._finishes: Batch[Outcome, tuple[Task, bool]] = Batch(self._finish_tasks)
+
+    async def _claim_tasks(self, claims: list[tuple[Agent, float]]) -> list[Task | None]:
+        return await self._store.claim_tasks(claims, self._clock.now())
+
+    async def _finish_tasks(
+        self, outcomes: list[Outcome]
+    ) -> list[tuple[Task, bool] | errors.Error]:
+        return await self._store.finish_tasks(outcomes, self._clock.now())
 
     # -- submitting -----------------------------------------------------------------
 
@@ -215,16 +225,25 @@ class TaskService:
 
         `lease_seconds` overrides the default lease, for agents that never heartbeat.
         """
-        if not agent.enabled:
-            return None
+        found = await self.claim_many(agent, 1, lease_seconds)
+        return found[0] if found else None
+
+    async def claim_many(
+        self, agent: Agent, count: int, lease_seconds: float | None = None
+    ) -> list[Task]:
+        """Leases up to `count` tasks for the agent's free slots, best first, in one
+        transaction (with whatever else is claimed meanwhile)."""
+        if not agent.enabled or count <= 0:
+            return []
         lease = self.lease_seconds if lease_seconds is None else lease_seconds
-        task = await self._claims.claim(agent, lease)
-        if task is not None:
+        tasks = [t for t in await self._claims.many([(agent, lease)] * count) if t is not None]
+        for task in tasks:
             log.debug("claimed", extra={"action": "claim_task", "task": task.id})
             if self._on_claim is not None:
                 self._on_claim(task)
-            await self._bus.notify([task_channel(task.id)])
-        return task
+        if tasks:
+            await self._bus.notify([task_channel(t.id) for t in tasks])
+        return tasks
 
     async def claim_wait(
         self, agent: Agent, timeout: float, lease_seconds: float | None = None
@@ -333,9 +352,8 @@ class TaskService:
         result: JSONValue,
         error: str | None,
     ) -> Task:
-        task, recorded = await self._store.finish_task(
-            task_id, agent.id, attempt, status, result, error, self._clock.now()
-        )
+        outcome = Outcome(task_id, agent.id, attempt, status, result, error)
+        task, recorded = await self._finishes(outcome)
         if recorded:
             await self._bus.notify([task_channel(task_id)])
         return task

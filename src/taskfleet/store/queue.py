@@ -134,14 +134,13 @@ def take_best_for(agent: Agent) -> tuple[Update, dict[str, Any]]:
 
 @functools.cache
 def take_best(groups: int, tags: int, typed: bool) -> Update:
-    """The whole claim in one statement, for PostgreSQL: leases the best queued task for
-    an agent of this shape, locking only the rows it looks at (`best_statement`)."""
+    """The whole claim in one statement: leases the best queued task for an agent of this
+    shape, on PostgreSQL locking only the rows it looks at (`best_statement`)."""
     best = best_statement(groups, tags, typed, True).scalar_subquery()
     return TAKE.where(tasks.c.id == best)
 
 
-#: Leases a task if it is still queued and still runnable by the agent: with
-#: `tasks.c.id == :chosen` (SQLite) or with `take_best` (PostgreSQL).
+#: Leases a task if it is still queued and still runnable by the agent (`take_best`).
 TAKE: Update = (
     update(tasks)
     .where(QUEUED, RUNNABLE)
@@ -160,4 +159,3 @@ TAKE: Update = (
     )
     .returning(tasks)
 )
-TAKE_CHOSEN = TAKE.where(tasks.c.id == bindparam("chosen"))

@@ -32,6 +32,7 @@ from taskfleet.core.models import (
     JSONValue,
     LogChunk,
     NewTask,
+    Outcome,
     Output,
     Progress,
     Task,
@@ -40,7 +41,7 @@ from taskfleet.core.models import (
 )
 from taskfleet.store.base import Base, Conn, task_row, to_task
 from taskfleet.store.jobs import forget_failures
-from taskfleet.store.queue import QUEUED, TAKE_CHOSEN, best_queued, take_best_for
+from taskfleet.store.queue import QUEUED, best_queued, take_best_for
 from taskfleet.store.tables import jobs, task_logs, task_outputs, tasks
 
 RUNNING = (TaskStatus.ACTIVE.value, TaskStatus.CANCEL_REQUESTED.value)
@@ -146,35 +147,29 @@ class TaskQueries(Base):
         self, claims: Sequence[tuple[Agent, float]], now: float
     ) -> list[Task | None]:
         taken: list[Task | None] = [None] * len(claims)
-        if not self.sqlite:
-            # One statement per claim that locks only the rows it looks at: concurrent
-            # claimers skip them and take the next. An idle poll writes nothing.
-            async with self._write() as conn:
-                for i, (agent, lease_seconds) in enumerate(claims):
-                    statement, params = take_best_for(agent)
-                    lease = _lease(agent, now, lease_seconds)
-                    row = (await conn.execute(statement, {**params, **lease})).first()
-                    taken[i] = None if row is None else to_task(row)
+        if self.sqlite:
+            # Most claims find nothing (idle agents polling): answer those with a read,
+            # which takes no write lock, and open the write transaction only for work.
+            agents = {agent.id: agent for agent, _ in claims}
+            async with self._read() as conn:
+                hopeful = {i for i, a in agents.items() if await best_queued(conn, a) is not None}
+        else:
+            hopeful = {a.id for a, _ in claims}
+        if not hopeful:
             return taken
-        # Most claims find nothing (idle agents polling): answer those with a read, which
-        # takes no write lock, and open the write transaction only for work.
-        async with self._read() as conn:
-            chosen = [await best_queued(conn, agent) for agent, _ in claims]
-        if all(c is None for c in chosen):
-            return taken
+        # One statement per claim, which on PostgreSQL locks only the rows it looks at:
+        # concurrent claimers skip them and take the next.
         async with self._write() as conn:
             for i, (agent, lease_seconds) in enumerate(claims):
-                if chosen[i] is None:
+                if agent.id not in hopeful:
                     continue
+                statement, params = take_best_for(agent)
                 lease = _lease(agent, now, lease_seconds)
-                row = (await conn.execute(TAKE_CHOSEN, {**lease, "chosen": chosen[i]})).first()
+                row = (await conn.execute(statement, {**params, **lease})).first()
                 if row is None:
-                    # Another claim (here, or in another process since the read) took it:
-                    # choose again, under the lock.
-                    again = await best_queued(conn, agent)
-                    if again is not None:
-                        row = (await conn.execute(TAKE_CHOSEN, {**lease, "chosen": again})).first()
-                taken[i] = None if row is None else to_task(row)
+                    hopeful.discard(agent.id)  # nothing left for it: its other claims too
+                else:
+                    taken[i] = to_task(row)
         return taken
 
     async def _stale(self, conn: Conn, task_id: int, attempt: int) -> errors.Error:
@@ -212,6 +207,15 @@ class TaskQueries(Base):
                 raise await self._stale(conn, task_id, attempt)
         return to_task(row)
 
+    async def finish_tasks(
+        self, outcomes: Sequence[Outcome], now: float
+    ) -> list[tuple[Task, bool] | errors.Error]:
+        answers: list[tuple[Task, bool] | errors.Error] = []
+        async with self._write() as conn:
+            for outcome in outcomes:
+                answers.append(await self._finish(conn, outcome, now))
+        return answers
+
     async def finish_task(
         self,
         task_id: int,
@@ -222,31 +226,37 @@ class TaskQueries(Base):
         error: str | None,
         now: float,
     ) -> tuple[Task, bool]:
+        outcome = Outcome(task_id, agent_id, attempt, status, result, error)
+        (answer,) = await self.finish_tasks([outcome], now)
+        if isinstance(answer, errors.Error):
+            raise answer
+        return answer
+
+    async def _finish(self, conn: Conn, o: Outcome, now: float) -> tuple[Task, bool] | errors.Error:
         params = {
-            "task_id": task_id,
-            "agent_id": agent_id,
-            "attempt_no": attempt,
-            "new_status": status.value,
-            "new_result": result,
-            "new_error": error,
+            "task_id": o.task_id,
+            "agent_id": o.agent_id,
+            "attempt_no": o.attempt,
+            "new_status": o.status.value,
+            "new_result": o.result,
+            "new_error": o.error,
             "now": now,
         }
-        statement = FINISH[status is TaskStatus.COMPLETED]
-        async with self._write() as conn:
-            row = (await conn.execute(statement, params)).first()
-            if row is not None:
-                return to_task(row), True
-            task = await self._get(conn, task_id)
-            if (
-                task is not None
-                and task.lease_owner == agent_id
-                and task.attempt == attempt
-                and task.status is status
-                and task.result == result
-                and task.error == error
-            ):
-                return task, False
-            raise await self._stale(conn, task_id, attempt)
+        statement = FINISH[o.status is TaskStatus.COMPLETED]
+        row = (await conn.execute(statement, params)).first()
+        if row is not None:
+            return to_task(row), True
+        task = await self._get(conn, o.task_id)
+        if (
+            task is not None
+            and task.lease_owner == o.agent_id
+            and task.attempt == o.attempt
+            and task.status is o.status
+            and task.result == o.result
+            and task.error == o.error
+        ):
+            return task, False
+        return await self._stale(conn, o.task_id, o.attempt)
 
     async def request_cancel(self, task_id: int, now: float) -> Task:
         current = select(tasks).where(tasks.c.id == task_id)

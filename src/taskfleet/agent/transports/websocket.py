@@ -88,6 +88,7 @@ class WebSocketSession:
         self._host = host
         self._limit = max_message
         self._ids = itertools.count(1)
+        self._writer = wire.Writer(ws.send, max_message)
         self._pending: dict[str, asyncio.Future[Reply]] = {}
         self._heard = time.monotonic()
         self._ping_interval = 20.0
@@ -105,7 +106,7 @@ class WebSocketSession:
     # -- connecting ---------------------------------------------------------------------
 
     async def hello(self) -> None:
-        params = {**self._host.hello(), "concurrency": self._sent_capacity}
+        params = {**self._host.hello(), "concurrency": self._sent_capacity, "batch": True}
         reply = await self._call_before_serving("hello", params)
         if not reply.ok:
             if reply.code == wire.UNAUTHORIZED:
@@ -114,22 +115,24 @@ class WebSocketSession:
         result = reply.result if isinstance(reply.result, dict) else {}
         self._ping_interval = _positive(result.get("ping_interval"), self._ping_interval)
         self._idle_timeout = _positive(result.get("idle_timeout"), self._idle_timeout)
+        self._writer.batch = result.get("batch") is True
 
     async def _call_before_serving(self, method: str, params: dict[str, Any]) -> Reply:
         msg_id = f"a{next(self._ids)}"
         try:
             await self._ws.send(wire.request(msg_id, method, params))
             async with asyncio.timeout(OPEN_TIMEOUT_SECONDS):
-                frame = await self._next_frame()
+                frames = await self._next_frames()
         except (ConnectionClosed, TimeoutError) as exc:
             raise Offline(f"no answer to {method}: {exc}") from exc
+        frame = frames[0]
         if isinstance(frame, wire.Fatal):
             raise Offline(f"the server said: {frame.message}")
-        if not isinstance(frame, wire.Response) or frame.id != msg_id:
+        if len(frames) > 1 or not isinstance(frame, wire.Response) or frame.id != msg_id:
             await self._fatal(f"protocol violation: expected the response to {method}.")
         return _reply(frame)
 
-    async def _next_frame(self) -> wire.Frame:
+    async def _next_frames(self) -> list[wire.Frame]:
         data = await self._ws.recv()
         self._heard = time.monotonic()
         try:
@@ -141,7 +144,8 @@ class WebSocketSession:
         """Answers a bad message from the server: fatal_error, close, and reconnect later."""
         log.debug("answering fatal_error: %s", message, extra={"action": "ws_fatal"})
         with contextlib.suppress(Exception):
-            await self._ws.send(wire.fatal(message))
+            self._writer.put(wire.fatal(message))
+            await self._writer.flush()
         raise Offline(f"bad message from the server: {message}")
 
     # -- sending ------------------------------------------------------------------------
@@ -151,7 +155,7 @@ class WebSocketSession:
         future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._pending[msg_id] = future
         try:
-            await self._ws.send(wire.request(msg_id, method, params))
+            self._writer.put(wire.request(msg_id, method, params))
         except ConnectionClosed as exc:
             self._pending.pop(msg_id, None)
             raise Offline(f"connection lost: {exc}") from exc
@@ -168,6 +172,7 @@ class WebSocketSession:
                 future.set_exception(Offline("the connection closed"))
                 future.exception()  # retrieved: nobody may be waiting any more
         self._pending.clear()
+        self._writer.cancel()
         with contextlib.suppress(Exception):
             await self._ws.close()
 
@@ -186,13 +191,13 @@ class WebSocketSession:
     async def _read_forever(self) -> None:
         try:
             while True:
-                frame = await self._next_frame()
-                if isinstance(frame, wire.Fatal):
-                    raise Offline(f"the server closed the connection: {frame.message}")
-                if isinstance(frame, wire.Response):
-                    await self._on_response(frame)
-                else:
-                    await self._on_request(frame)
+                for frame in await self._next_frames():
+                    if isinstance(frame, wire.Fatal):
+                        raise Offline(f"the server closed the connection: {frame.message}")
+                    if isinstance(frame, wire.Response):
+                        await self._on_response(frame)
+                    else:
+                        await self._on_request(frame)
         except ConnectionClosed as exc:
             raise Offline(f"connection lost: {exc}") from exc
 
@@ -213,9 +218,9 @@ class WebSocketSession:
             await self._fatal(str(exc))
         except Exception as exc:
             log.exception("handling %s failed", frame.method, extra={"action": "ws_request"})
-            await self._ws.send(wire.error(frame.id, str(exc), wire.INTERNAL))
+            self._writer.put(wire.error(frame.id, str(exc), wire.INTERNAL))
         else:
-            await self._ws.send(wire.result(frame.id, value))
+            self._writer.put(wire.result(frame.id, value))
 
     async def _ping_forever(self) -> None:
         while True:
