@@ -106,6 +106,7 @@ async def _taskfleet(ctx: Context, backend: str, sz: Size) -> float | None:
             await submit_batches(client, warm, sz.batch, NOOP)
             await counts.wait_status("completed", warm, 60)
             cpu = [infra.cpu_seconds(p.pid) for p in (server.proc, *agents)]
+            calls = infra.syscalls(server.pid)
             with ctx.profiler.record(f"throughput-{backend}", server.pid):
                 started = time.monotonic()
                 await submit_batches(client, sz.tasks, sz.batch, NOOP)
@@ -116,6 +117,9 @@ async def _taskfleet(ctx: Context, backend: str, sz: Size) -> float | None:
         await counts.close()
     elapsed = ended - started
     server_cpu = infra.cpu_seconds(server.pid) - cpu[0]
+    reads, writes = (
+        now - then for now, then in zip(infra.syscalls(server.pid), calls, strict=True)
+    )
     agent_cpu = sum(infra.cpu_seconds(p.pid) for p in agents) - sum(cpu[1:])
     rate = sz.tasks / elapsed
     r = ctx.results
@@ -123,6 +127,8 @@ async def _taskfleet(ctx: Context, backend: str, sz: Size) -> float | None:
     r.add(WORKLOAD, backend, "submit only (batches of 500)", sz.tasks / submitted, "tasks/s")
     r.add(WORKLOAD, backend, "server CPU per task", server_cpu / sz.tasks * 1e3, "ms")
     r.add(WORKLOAD, backend, "agent CPU per task (all agents)", agent_cpu / sz.tasks * 1e3, "ms")
+    r.add(WORKLOAD, backend, "server write system calls per task", writes / sz.tasks, "calls")
+    r.add(WORKLOAD, backend, "server read system calls per task", reads / sz.tasks, "calls")
     r.add(WORKLOAD, backend, "failed tasks", failed, "tasks")
     return rate
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
+    Integer,
     Select,
     Update,
     and_,
@@ -38,6 +39,7 @@ from taskfleet.store.tables import job_blacklist, task_failures, task_parents, t
 
 QUEUED: ColumnElement[bool] = tasks.c.status == literal_column(f"'{TaskStatus.QUEUED.value}'")
 ORDER = (tasks.c.job_priority.desc(), tasks.c.priority.desc(), tasks.c.id)
+COUNT = bindparam("count", type_=Integer)  #: how many tasks a claim takes
 
 
 def _runnable() -> ColumnElement[bool]:
@@ -81,15 +83,15 @@ def _arm(kind: TargetKind, condition: ColumnElement[bool], typed: bool, lock: bo
     )
     if typed:
         stmt = stmt.where(tasks.c.type.in_(bindparam("types", expanding=True)))
-    stmt = stmt.order_by(*ORDER).limit(1)
+    stmt = stmt.order_by(*ORDER).limit(COUNT)
     return stmt.with_for_update(skip_locked=True) if lock else stmt
 
 
 @functools.cache
 def best_statement(groups: int, tags: int, typed: bool, lock: bool) -> Select[Any]:
-    """The id of the best queued task for an agent in `groups` groups with `tags` tags,
-    in one statement: one arm per kind of target (`:agent_name`, any, `:group0`…, tags
-    `:tag0`…), the best of their few rows. `typed` limits it to the agent's `:types`."""
+    """The ids of the `:count` best queued tasks for an agent in `groups` groups with `tags`
+    tags, in one statement: one arm per kind of target (`:agent_name`, any, `:group0`…,
+    tags `:tag0`…), the best of their few rows. `typed` limits it to the agent's `:types`."""
     arms = [
         _arm(TargetKind.AGENT, tasks.c.target == bindparam("agent_name"), typed, lock),
         _arm(TargetKind.ANY, true(), typed, lock),
@@ -105,7 +107,7 @@ def best_statement(groups: int, tags: int, typed: bool, lock: bool) -> Select[An
     best = union_all(*(select(q.c.id, q.c.job_priority, q.c.priority) for q in subqueries))
     rows = best.subquery("best")
     order = (rows.c.job_priority.desc(), rows.c.priority.desc(), rows.c.id)
-    return select(rows.c.id).order_by(*order).limit(1)
+    return select(rows.c.id).order_by(*order).limit(COUNT)
 
 
 def _shape_and_params(agent: Agent) -> tuple[tuple[int, int, bool], dict[str, Any]]:
@@ -120,24 +122,26 @@ def _shape_and_params(agent: Agent) -> tuple[tuple[int, int, bool], dict[str, An
     return (len(agent.groups), len(tags), bool(agent.task_types)), params
 
 
-async def best_queued(conn: Conn, agent: Agent) -> int | None:
-    """The id of the queued task the agent should take next, or None."""
+async def best_queued(conn: Conn, agent: Agent, count: int = 1) -> list[int]:
+    """The ids of the `count` queued tasks the agent should take next, best first."""
     shape, params = _shape_and_params(agent)
-    return (await conn.execute(best_statement(*shape, False), params)).scalar()
+    statement = best_statement(*shape, False)
+    return list((await conn.execute(statement, {**params, "count": count})).scalars())
 
 
-def take_best_for(agent: Agent) -> tuple[Update, dict[str, Any]]:
+def take_best_for(agent: Agent, count: int) -> tuple[Update, dict[str, Any]]:
     """`take_best` for this agent and its parameters (add the lease's to them)."""
     shape, params = _shape_and_params(agent)
-    return take_best(*shape), params
+    return take_best(*shape), {**params, "count": count}
 
 
 @functools.cache
 def take_best(groups: int, tags: int, typed: bool) -> Update:
-    """The whole claim in one statement: leases the best queued task for an agent of this
-    shape, on PostgreSQL locking only the rows it looks at (`best_statement`)."""
-    best = best_statement(groups, tags, typed, True).scalar_subquery()
-    return TAKE.where(tasks.c.id == best)
+    """The whole claim in one statement: leases the `:count` best queued tasks for an
+    agent of this shape (several for its free slots), on PostgreSQL locking only the rows
+    it looks at (`best_statement`). The rows come back in no particular order."""
+    best = best_statement(groups, tags, typed, True)
+    return TAKE.where(tasks.c.id.in_(best))
 
 
 #: Leases a task if it is still queued and still runnable by the agent (`take_best`).
@@ -159,3 +163,6 @@ TAKE: Update = (
     )
     .returning(tasks)
 )
+#: `TAKE` of tasks chosen by `best_queued` in the same transaction (SQLite: with the
+#: subquery inside, its planner walks the queue by status instead of looking the ids up).
+TAKE_CHOSEN = TAKE.where(tasks.c.id.in_(bindparam("chosen", expanding=True)))

@@ -41,7 +41,7 @@ from taskfleet.core.models import (
 )
 from taskfleet.store.base import Base, Conn, task_row, to_task
 from taskfleet.store.jobs import forget_failures
-from taskfleet.store.queue import QUEUED, best_queued, take_best_for
+from taskfleet.store.queue import QUEUED, TAKE_CHOSEN, best_queued, take_best_for
 from taskfleet.store.tables import jobs, task_logs, task_outputs, tasks
 
 RUNNING = (TaskStatus.ACTIVE.value, TaskStatus.CANCEL_REQUESTED.value)
@@ -94,6 +94,23 @@ FINISH = {True: _finish_statement(True), False: _finish_statement(False)}
 def _lease(agent: Agent, now: float, lease_seconds: float) -> dict[str, Any]:
     """The parameters of `TAKE` that lease a task to the agent."""
     return {"agent_id": agent.id, "expires": now + lease_seconds, "now": now}
+
+
+def _runs_of_one_agent(claims: Sequence[tuple[Agent, float]]) -> list[list[int]]:
+    """The places of the claims, in runs of consecutive claims by one agent (one lease)."""
+    runs: list[list[int]] = []
+    for i, (agent, lease) in enumerate(claims):
+        first, first_lease = claims[runs[-1][0]] if runs else (None, None)
+        if first is not None and (first.id, first_lease) == (agent.id, lease):
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    return runs
+
+
+def _order(task: Task) -> tuple[int, int, int]:
+    """The claim's order: the best task first."""
+    return (-task.job_priority, -task.priority, task.id)
 
 
 def _filtered(query: TaskFilter) -> Select[Any]:
@@ -152,24 +169,31 @@ class TaskQueries(Base):
             # which takes no write lock, and open the write transaction only for work.
             agents = {agent.id: agent for agent, _ in claims}
             async with self._read() as conn:
-                hopeful = {i for i, a in agents.items() if await best_queued(conn, a) is not None}
+                hopeful = {i for i, a in agents.items() if await best_queued(conn, a)}
         else:
             hopeful = {a.id for a, _ in claims}
         if not hopeful:
             return taken
-        # One statement per claim, which on PostgreSQL locks only the rows it looks at:
-        # concurrent claimers skip them and take the next.
+        # One statement per run of claims of one agent (its free slots), which on
+        # PostgreSQL locks only the rows it looks at: concurrent claimers skip them.
         async with self._write() as conn:
-            for i, (agent, lease_seconds) in enumerate(claims):
+            for places in _runs_of_one_agent(claims):
+                agent, lease_seconds = claims[places[0]]
                 if agent.id not in hopeful:
                     continue
-                statement, params = take_best_for(agent)
                 lease = _lease(agent, now, lease_seconds)
-                row = (await conn.execute(statement, {**params, **lease})).first()
-                if row is None:
-                    hopeful.discard(agent.id)  # nothing left for it: its other claims too
+                if self.sqlite:  # the only writer: nothing changes between the two
+                    chosen = await best_queued(conn, agent, len(places))
+                    rows = (await conn.execute(TAKE_CHOSEN, {**lease, "chosen": chosen})).all()
                 else:
-                    taken[i] = to_task(row)
+                    statement, params = take_best_for(agent, len(places))
+                    rows = (await conn.execute(statement, {**params, **lease})).all()
+                if len(rows) < len(places):
+                    hopeful.discard(agent.id)  # nothing more for it in this transaction
+                for place, task in zip(
+                    places, sorted(map(to_task, rows), key=_order), strict=False
+                ):
+                    taken[place] = task  # the best to the first claim; the rest get None
         return taken
 
     async def _stale(self, conn: Conn, task_id: int, attempt: int) -> errors.Error:
