@@ -5,7 +5,20 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Coroutine, Mapping
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def run(main: Coroutine[Any, Any, T]) -> T:
+    """Runs a program's main coroutine on uvloop where it is installed (it comes with the
+    server's uvicorn[standard]), as uvicorn runs the server: its event loop and sockets
+    are written in C, and an agent's work is mostly messages."""
+    try:
+        import uvloop
+    except ImportError:  # a platform uvloop does not support
+        return asyncio.run(main)
+    return uvloop.run(main)
 
 
 async def until_first_ends(loops: Mapping[str, Coroutine[Any, Any, None]]) -> None:

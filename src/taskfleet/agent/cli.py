@@ -7,7 +7,6 @@ The secret comes from `--secret-file`, else from the file `register` wrote
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import secrets
@@ -18,7 +17,7 @@ from typing import Any
 import click
 import httpx
 
-from taskfleet import config
+from taskfleet import config, loops
 from taskfleet.agent.app import build
 from taskfleet.agent.settings import AgentSettings, Protocol, Transport, default_secret_file
 from taskfleet.agent.spool import SpoolBusy
@@ -150,7 +149,7 @@ def run(
         raise click.ClickException(f"cannot load the private key: {exc.message}") from exc
     except (SpoolBusy, OSError, sqlite3.Error) as exc:
         raise click.ClickException(f"cannot open the spool: {exc}") from exc
-    ctx.exit(asyncio.run(agent_.run()))
+    ctx.exit(loops.run(agent_.run()))
 
 
 def _teeth_mode(

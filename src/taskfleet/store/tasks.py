@@ -164,16 +164,7 @@ class TaskQueries(Base):
         self, claims: Sequence[tuple[Agent, float]], now: float
     ) -> list[Task | None]:
         taken: list[Task | None] = [None] * len(claims)
-        if self.sqlite:
-            # Most claims find nothing (idle agents polling): answer those with a read,
-            # which takes no write lock, and open the write transaction only for work.
-            agents = {agent.id: agent for agent, _ in claims}
-            async with self._read() as conn:
-                hopeful = {i for i, a in agents.items() if await best_queued(conn, a)}
-        else:
-            hopeful = {a.id for a, _ in claims}
-        if not hopeful:
-            return taken
+        hopeful = {agent.id for agent, _ in claims}  #: agents that may find more
         # One statement per run of claims of one agent (its free slots), which on
         # PostgreSQL locks only the rows it looks at: concurrent claimers skip them.
         async with self._write() as conn:
@@ -184,7 +175,8 @@ class TaskQueries(Base):
                 lease = _lease(agent, now, lease_seconds)
                 if self.sqlite:  # the only writer: nothing changes between the two
                     chosen = await best_queued(conn, agent, len(places))
-                    rows = (await conn.execute(TAKE_CHOSEN, {**lease, "chosen": chosen})).all()
+                    take = {**lease, "chosen": chosen}
+                    rows = (await conn.execute(TAKE_CHOSEN, take)).all() if chosen else []
                 else:
                     statement, params = take_best_for(agent, len(places))
                     rows = (await conn.execute(statement, {**params, **lease})).all()
