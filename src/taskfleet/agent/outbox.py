@@ -95,19 +95,31 @@ class Outbox:
                 if batch:
                     continue
             if in_flight:
-                entry, reply = in_flight.popleft()
-                self._settle(entry, await reply)
+                await asyncio.wait([in_flight[0][1]])
+                self._settle_done(in_flight)
                 continue
             self._wake.clear()
             if not self.spool.pending(cursor, 1):
                 await self._wake.wait()
 
-    def _settle(self, entry: Entry, reply: Reply) -> None:
+    def _settle_done(self, in_flight: deque[tuple[Entry, asyncio.Future[Reply]]]) -> None:
+        """Settles the replies that have come, in order; the reports they end leave the
+        spool together (one transaction for an array of answers)."""
+        done: list[Entry] = []
+        try:
+            while in_flight and in_flight[0][1].done():
+                entry, reply = in_flight.popleft()
+                if self._settle(entry, reply.result()):
+                    done.append(entry)
+        finally:
+            self._forget(done)
+
+    def _settle(self, entry: Entry, reply: Reply) -> bool:
+        """Whether the report leaves the spool; raises when the session must end."""
         if reply.ok:
-            self._forget(entry)
             if isinstance(reply.result, dict) and reply.result.get("cancel_requested"):
                 self._tell(self._listener.cancel_requested, entry)
-            return
+            return True
         if reply.code == wire.UNAUTHORIZED:
             raise AuthFailed(reply.message)
         if reply.code not in DROP:
@@ -121,18 +133,20 @@ class Outbox:
             reply.message,
             extra={"action": "report_refused"},
         )
-        self._forget(entry)
         if reply.code in STALE:
             self._tell(self._listener.task_stale, entry)
+        return True
 
     @staticmethod
     def _tell(callback: Any, entry: Entry) -> None:
         if entry.task_id is not None and entry.attempt is not None:
             callback(entry.task_id, entry.attempt)
 
-    def _forget(self, entry: Entry) -> None:
+    def _forget(self, entries: list[Entry]) -> None:
+        if not entries:
+            return
         was_over = self.over_limit
-        self.spool.remove(entry.id)
+        self.spool.remove(*(entry.id for entry in entries))
         if not len(self.spool):
             self._empty.set()
         if self.over_limit != was_over:

@@ -111,9 +111,11 @@ class Spool:
         ).fetchall()
         return [Entry(r[0], r[1], json.loads(r[2]), r[3], r[4]) for r in rows]
 
-    def remove(self, entry_id: int) -> None:
-        """Forgets an acknowledged (or refused for good) report."""
-        self._count -= self._db.execute("DELETE FROM reports WHERE id = ?", (entry_id,)).rowcount
+    def remove(self, *entry_ids: int) -> None:
+        """Forgets acknowledged (or refused for good) reports, in one transaction."""
+        marks = ",".join("?" * len(entry_ids))
+        deleted = self._db.execute(f"DELETE FROM reports WHERE id IN ({marks})", entry_ids)
+        self._count -= deleted.rowcount
 
     def has_final(self, task_id: int, attempt: int) -> bool:
         """Whether the outcome of this attempt is waiting to be sent."""
