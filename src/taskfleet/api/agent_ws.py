@@ -23,7 +23,7 @@ import time
 from collections.abc import Coroutine
 from typing import Any
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected
 
 from taskfleet import __version__
@@ -491,20 +491,7 @@ async def endpoint(websocket: WebSocket) -> None:
     await Connection(websocket, found, websocket.app.state.agent_hub).serve(principal)
 
 
-class Shortcut:
-    """ASGI middleware that serves the agent socket itself, ahead of the routing stack.
-
-    Each agent holds its socket for hours, and every layer between uvicorn and `endpoint`
-    (exception middlewares, the router, FastAPI's exit stacks) keeps a suspended frame or
-    more for that long: about 10 KiB per agent, a third of what one costs the server. None
-    of them does anything for this route: `endpoint` answers every error itself.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "websocket" and scope["path"] == scope.get("root_path", "") + WS_PATH:
-            await endpoint(WebSocket(scope, receive, send))
-        else:
-            await self.app(scope, receive, send)
+async def serve_socket(scope: Scope, receive: Receive, send: Send) -> None:
+    """`endpoint` as a plain ASGI app, for `app.App`, which serves the agent socket ahead
+    of the routing stack."""
+    await endpoint(WebSocket(scope, receive, send))
