@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from taskfleet.core.models import Role
+from taskfleet.core.models import NewTask, Role, TaskStatus
 from tests.api.conftest import Live, eventually
 
 AGENT = "agent1"
@@ -158,6 +158,24 @@ async def test_the_agent_poll_returns_as_soon_as_a_task_is_queued(live: Live) ->
     assert queued.json() == {"error": False, "msg": "Task enqueued", "id": 1}
     polled = await asyncio.wait_for(poll, 10)
     assert polled.json() == {"error": False, "events": {"1": {"n": 1}}}
+
+
+@pytest.mark.settings(dut_poll_seconds=20)
+async def test_a_held_poll_gets_a_broadcast_leased_as_it_is_queued(live: Live) -> None:
+    """While the poll waits its agent is on standby: a broadcast hands its task over."""
+    await setup(live)
+    client = live.client()
+    await live.services.agents.set_groups(AGENT, ["duts"])
+    poll = asyncio.create_task(client.get("/tasks", headers=RAW))
+    await eventually(lambda: _on_standby(live))
+    created = await live.services.tasks.broadcast("duts", NewTask(type="dut", payload={"b": 1}))
+    assert [(t.status, t.attempt) for t in created] == [(TaskStatus.ACTIVE, 1)]
+    polled = await asyncio.wait_for(poll, 10)
+    assert polled.json() == {"error": False, "events": {str(created[0].id): {"b": 1}}}
+
+
+async def _on_standby(live: Live) -> bool:
+    return live.services.tasks.on_standby(AGENT)
 
 
 async def _agent_polling(live: Live) -> bool:

@@ -55,12 +55,21 @@ class LongPoll:
     """The wake-ups of one long-poll: its agent's bus channels and the hub's queue poll.
     A wake-up that comes while it claims is kept, so none is lost between two claims."""
 
-    __slots__ = ("_sleeper", "control", "woken")
+    __slots__ = ("_sleeper", "answered", "control", "handed", "woken")
 
     def __init__(self) -> None:
         self.woken = False
         self.control = False  #: the agent's record may have changed: re-read it
+        self.handed: Task | None = None  #: leased to it by a broadcast (core/standby.py)
+        self.answered = False
         self._sleeper: asyncio.Future[None] | None = None
+
+    def hand_over(self, task: Task) -> bool:
+        if self.answered or self.handed is not None:
+            return False
+        self.handed = task
+        self._wake()
+        return True
 
     def on_bus(self, channel: str) -> None:
         self.control |= is_control_channel(channel)
@@ -145,7 +154,8 @@ class Hub:
     ) -> Task | None:
         """`TaskService.claim_wait` for long-polls held by the thousand: a subscription
         misses no wake-up, so instead of a claim of its own every poll interval it relies
-        on the hub's single queue poll."""
+        on the hub's single queue poll. While it sleeps the agent is on standby: a
+        broadcast hands it its task directly (core/standby.py)."""
         tasks, poll = self._found.tasks, LongPoll()
         channels = [QUEUE_CHANNEL, agent_channel(agent.name), control_channel(agent.name)]
         unsubscribe = self.subscribe(channels, poll.on_bus)
@@ -161,10 +171,17 @@ class Hub:
                 remaining = deadline - time.monotonic()
                 if task is not None or remaining <= 0 or tasks.stopping:
                     return task
-                await poll.sleep(remaining)
+                stand_down = tasks.standby(agent, poll.hand_over, lease_seconds)
+                try:
+                    await poll.sleep(remaining)
+                finally:
+                    stand_down()
+                if poll.handed is not None:
+                    return poll.handed
                 if tasks.stopping:  # woken by the shutdown: answer, claim nothing more
                     return None
         finally:
+            poll.answered = True
             unsubscribe()
             self.stop_time(poll)
 

@@ -20,7 +20,7 @@ import contextlib
 import itertools
 import logging
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from starlette.types import Receive, Scope, Send
@@ -69,6 +69,7 @@ class Connection:
         "_expired",
         "_fill_due",
         "_found",
+        "_handed",
         "_heard",
         "_hub",
         "_idle_sent",
@@ -80,6 +81,7 @@ class Connection:
         "_pinged",
         "_pusher",
         "_send_lock",
+        "_stand_down",
         "_status_sent",
         "_ws",
         "agent",
@@ -106,6 +108,9 @@ class Connection:
         self._expired: str | None = None
         self._pusher: asyncio.Task[None] | None = None
         self._closed = False
+        #: Tasks a broadcast leased to this agent while it was on standby, to push.
+        self._handed: list[Task] | None = None
+        self._stand_down: Callable[[], None] | None = None  #: ends the standby
 
     # -- lifetime -------------------------------------------------------------------------
 
@@ -136,6 +141,7 @@ class Connection:
             await self._guard(self._read_forever())
         finally:
             self._closed = True
+            self._end_standby()
             unsubscribe()
             self._hub.stop_time(self)
             if (pusher := self._pusher) is not None:
@@ -392,6 +398,7 @@ class Connection:
         assert self.agent is not None
         self._concurrency = 0
         self._in_flight.clear()
+        self._end_standby()
         released = await self._found.tasks.sign_off(self.agent)
         return {"released": [t.id for t in released]}
 
@@ -403,9 +410,13 @@ class Connection:
 
     async def _push_due(self) -> None:
         try:
-            while not self._closed and (self._expired or self._ping_due or self._fill_due):
+            while not self._closed and (
+                self._expired or self._ping_due or self._fill_due or self._handed
+            ):
                 if self._expired:
                     raise wire.ProtocolError(self._expired)
+                if self._handed:
+                    await self._run_handed()
                 if self._ping_due:
                     self._ping_due = False
                     await self._request("ping", {})
@@ -436,17 +447,43 @@ class Connection:
             await self._request("task.cancel", {"task_id": task_id, "attempt": attempt})
 
     async def _fill(self) -> None:
-        """Claims and pushes tasks while the agent has free slots and may take work."""
+        """Claims and pushes tasks while the agent has free slots and may take work; with
+        a slot left and nothing to claim, the agent goes on standby (core/standby.py)."""
         assert self.agent is not None
+        self._end_standby()  # woken: claim in queue order, as any agent
         while len(self._in_flight) < self._concurrency and self._takes_work(self.agent):
             task = await self._found.tasks.claim(self.agent)
             if task is None:
+                self._stand_down = self._found.tasks.standby(self.agent, self._hand_over)
                 if not self._in_flight and not self._idle_sent:
                     self._idle_sent = True
                     await self._request("idle", {})
                 return
             self._idle_sent = False
             self._in_flight[task.id] = task.attempt
+            await self._request("task.run", self._run_params(task))
+
+    def _end_standby(self) -> None:
+        if self._stand_down is not None:
+            self._stand_down()
+            self._stand_down = None
+
+    def _hand_over(self, task: Task) -> bool:
+        """A broadcast leased `task` to this agent while it was on standby: push it."""
+        if self._closed:
+            return False
+        self._stand_down = None  # a hand-over ends the standby
+        self._in_flight[task.id] = task.attempt
+        if self._handed is None:
+            self._handed = []
+        self._handed.append(task)
+        self._due()
+        return True
+
+    async def _run_handed(self) -> None:
+        handed, self._handed = self._handed or [], None
+        self._idle_sent = False
+        for task in handed:
             await self._request("task.run", self._run_params(task))
 
     @staticmethod

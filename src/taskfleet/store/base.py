@@ -168,9 +168,10 @@ def to_task(row: Row[Any]) -> Task:
     )
 
 
-def task_row(t: NewTask, now: float) -> dict[str, Any]:
-    """The row that queues a new task (the inverse of `to_task`)."""
-    return {
+def task_row(t: NewTask, now: float, lease: tuple[int, float] | None = None) -> dict[str, Any]:
+    """The row that queues a new task (the inverse of `to_task`), or, with `lease` (agent
+    id, expiry), that has it claimed by that agent as `queue.TAKE` would."""
+    row: dict[str, Any] = {
         "job_id": t.job_id,
         "type": t.type,
         "payload": t.payload,
@@ -186,4 +187,17 @@ def task_row(t: NewTask, now: float) -> dict[str, Any]:
         "activity": "",
         "created_at": now,
         "updated_at": now,
+        # Every row names the same columns: one executemany inserts them all.
+        "lease_owner": None,
+        "lease_expires": None,
+        "claimed_at": None,
     }
+    if lease is not None:
+        row.update(
+            status=TaskStatus.ACTIVE.value,
+            attempt=1,
+            lease_owner=lease[0],
+            lease_expires=lease[1],
+            claimed_at=now,
+        )
+    return row
