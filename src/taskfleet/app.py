@@ -83,25 +83,37 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 class App(FastAPI):
-    """FastAPI, with the agent socket served ahead of the whole stack.
+    """FastAPI, with the connections agents hold open served ahead of the whole stack:
+    the native agent socket and dutserver's long-poll (`GET /tasks`).
 
-    Each agent holds its socket for hours, and every layer between uvicorn and the
-    socket's endpoint (FastAPI's and Starlette's `__call__`, their telemetry, error and
-    body-limit middlewares, ours, the router, the route) keeps a suspended frame or more
-    for that long: about 10 KiB per agent, a third of what one cost the server. None of
-    them does anything for this route: `agent_ws.endpoint` answers every error itself.
+    Each agent holds its socket for hours, or its poll for most of the time, and every
+    layer between uvicorn and the endpoint (FastAPI's and Starlette's `__call__`, their
+    telemetry, error and body-limit middlewares, ours, the router, the route, FastAPI's
+    exit stacks) keeps a suspended frame or more for that long: about 10 KiB per agent,
+    a third of what one cost the server. None of them does anything for these two: they
+    answer their errors themselves, in their own wire shape, and read no body.
     """
 
+    dut_polls: frozenset[str] = frozenset()  #: the paths of dutserver's long-poll
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "websocket" and scope["path"] == self._agent_socket_path(scope):
+        kind, root = scope["type"], str(scope.get("root_path", ""))
+        path = str(scope.get("path", ""))[len(root) :]
+        if kind == "websocket" and path == agent_ws.WS_PATH:
             scope["app"] = self
             await agent_ws.serve_socket(scope, receive, send)
+        elif kind == "http" and scope["method"] == "GET" and path in self.dut_polls:
+            scope["app"] = self
+            await self._serve_poll(scope, receive, send)
         else:
             await super().__call__(scope, receive, send)
 
     @staticmethod
-    def _agent_socket_path(scope: Scope) -> str:
-        return str(scope.get("root_path", "")) + agent_ws.WS_PATH
+    async def _serve_poll(scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await dut.serve_poll(scope, receive, send)
+        except Exception as exc:  # what the stack's handler of last resort answers (logged)
+            await problems.to_problem(exc)(scope, receive, send)
 
 
 def build(settings: Settings) -> FastAPI:
@@ -120,6 +132,7 @@ def build(settings: Settings) -> FastAPI:
     app.add_api_websocket_route(agent_ws.WS_PATH, agent_ws.endpoint)
     for prefix in dut.PREFIXES:
         app.include_router(dut.router, prefix=prefix)
+    app.dut_polls = dut.poll_paths(raintank.prefix_of(settings))
     app.include_router(flamenco.router)  # at the root only: the worker drops any prefix
     remotes.mount(app, settings)
 

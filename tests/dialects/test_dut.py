@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from taskfleet.core.models import NewTask, Role, TaskStatus
+from taskfleet.dialects import dut
 from tests.api.conftest import Live, eventually
 
 AGENT = "agent1"
@@ -258,3 +259,21 @@ async def test_basic_auth_the_dut_prefix_and_the_native_view(live: Live) -> None
     listed = await client.get("/api/v1/tasks", headers={"Authorization": f"Bearer {token}"})
     (task,) = listed.json()["tasks"]
     assert (task["type"], task["target"], task["payload"]) == ("dut", AGENT, {"a": 1})
+
+
+def test_the_long_poll_served_ahead_of_the_routes_leaves_raintank_its_paths() -> None:
+    assert dut.poll_paths("/raintank/api/v1") == {"/tasks", "/dut/tasks"}
+    assert dut.poll_paths("/dut") == {"/tasks"}  # raintank, mounted first, serves /dut/…
+
+
+@pytest.mark.settings(dut_poll_seconds=0.1)
+async def test_the_long_poll_answers_as_the_route_did(live: Live) -> None:
+    await setup(live)
+    client = live.client()
+    for path in ("/tasks", "/dut/tasks"):
+        polled = await client.get(path, headers=RAW)
+        assert polled.status_code == 200
+        assert polled.headers["content-type"] == "application/json"
+        assert polled.json() == {"error": False, "events": []}
+        error(await client.get(path, headers={"Authorization": "agent1:wrong"}), 403)
+        error(await client.get(path), 403, "Authorization failure")
