@@ -24,6 +24,7 @@ from taskfleet.core.models import (
     Task,
     TaskStatus,
 )
+from taskfleet.core.standby import Standby, Waiter
 from taskfleet.services import Services, wire
 from taskfleet.store.sql import open_store
 
@@ -389,3 +390,15 @@ async def test_a_hand_over_refused_leaves_the_task_leased_until_it_runs_out(
     await engine.tasks.reap()
     again = await engine.tasks.claim(agents["a"])
     assert again is not None and again.id == task.id and again.attempt == 2
+
+
+def test_ending_a_standby_says_whether_a_broadcast_took_it() -> None:
+    standby = Standby()
+    agent = Agent(id=1, name="a")
+    stand_down = standby.register(Waiter(agent, 30.0, lambda t: True))
+    assert stand_down() and "a" not in standby  # nobody took it: claim as usual
+    stand_down = standby.register(Waiter(agent, 30.0, lambda t: True))
+    taken = standby.take([NewTask(type="t", target_kind=TargetKind.AGENT, target="a")])
+    assert list(taken) == [0] and "a" not in standby
+    assert not stand_down()  # its task is on the way: wait for the hand-over
+    assert standby.take([NewTask(type="t", target_kind=TargetKind.AGENT, target="a")]) == {}

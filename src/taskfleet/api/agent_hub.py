@@ -33,6 +33,9 @@ from taskfleet.services import Services
 log = logging.getLogger(__name__)
 
 MAX_TICK_SECONDS = 1.0  #: how late a ping or an idle timeout may be
+#: How long a long-poll whose standby a broadcast took waits for the hand-over that
+#: follows the broadcast's insert (it fails only when the insert fails).
+HAND_OVER_SECONDS = 10.0
 
 
 class Subscriptions(Protocol):
@@ -83,6 +86,15 @@ class LongPoll:
         self.woken = True
         if self._sleeper is not None and not self._sleeper.done():
             self._sleeper.set_result(None)
+
+    async def handed_within(self, seconds: float, stopping: Callable[[], bool]) -> None:
+        """Sleeps until a task is handed over, `seconds` pass or the server stops,
+        whatever else wakes it."""
+        limit = time.monotonic() + seconds
+        while self.handed is None and not stopping():
+            if (left := limit - time.monotonic()) <= 0:
+                return
+            await self.sleep(left)
 
     async def sleep(self, seconds: float) -> None:
         """Until a wake-up (or at once, if one came since the last sleep) or `seconds`."""
@@ -175,7 +187,9 @@ class Hub:
                 try:
                     await poll.sleep(remaining)
                 finally:
-                    stand_down()
+                    unused = stand_down()
+                if not unused:  # a broadcast leased it a task: wait for the hand-over
+                    await poll.handed_within(HAND_OVER_SECONDS, lambda: tasks.stopping)
                 if poll.handed is not None:
                     return poll.handed
                 if tasks.stopping:  # woken by the shutdown: answer, claim nothing more

@@ -110,7 +110,7 @@ class Connection:
         self._closed = False
         #: Tasks a broadcast leased to this agent while it was on standby, to push.
         self._handed: list[Task] | None = None
-        self._stand_down: Callable[[], None] | None = None  #: ends the standby
+        self._stand_down: Callable[[], bool] | None = None  #: ends the standby
 
     # -- lifetime -------------------------------------------------------------------------
 
@@ -450,7 +450,8 @@ class Connection:
         """Claims and pushes tasks while the agent has free slots and may take work; with
         a slot left and nothing to claim, the agent goes on standby (core/standby.py)."""
         assert self.agent is not None
-        self._end_standby()  # woken: claim in queue order, as any agent
+        if not self._end_standby():
+            return  # a broadcast took the standby: its hand-over comes, and fills again
         while len(self._in_flight) < self._concurrency and self._takes_work(self.agent):
             task = await self._found.tasks.claim(self.agent)
             if task is None:
@@ -463,10 +464,11 @@ class Connection:
             self._in_flight[task.id] = task.attempt
             await self._request("task.run", self._run_params(task))
 
-    def _end_standby(self) -> None:
-        if self._stand_down is not None:
-            self._stand_down()
-            self._stand_down = None
+    def _end_standby(self) -> bool:
+        """Ends the standby (woken: claim in queue order, as any agent). False when a
+        broadcast took it and its task is on the way."""
+        stand_down, self._stand_down = self._stand_down, None
+        return stand_down is None or stand_down()
 
     def _hand_over(self, task: Task) -> bool:
         """A broadcast leased `task` to this agent while it was on standby: push it."""
@@ -477,7 +479,7 @@ class Connection:
         if self._handed is None:
             self._handed = []
         self._handed.append(task)
-        self._due()
+        self._due(fill=True)  # a fill skipped while the task was on its way
         return True
 
     async def _run_handed(self) -> None:

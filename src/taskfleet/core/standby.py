@@ -12,7 +12,10 @@ it could take sends, ends the standby before it claims), and a member gets only 
 a type it takes, outside any job (whose blacklists a claim would check).
 
 Standby is per server: on another replica the agent's task is queued as before and its
-wake-up reaches it there. A hand-over that finds the transport gone (its connection
+wake-up reaches it there. A standby taken by a broadcast is ended by
+the hand-over, once the insert is committed; a transport woken meanwhile learns from
+ending its standby that a task is on its way and waits for it rather than claiming (or
+answering a long-poll empty). A hand-over that finds the transport gone (its connection
 closed while the insert ran) leaves the task leased, as for any lost delivery: the lease
 runs out, or the agent's sign-off gives it back.
 """
@@ -33,6 +36,7 @@ class Waiter:
     agent: Agent
     lease_seconds: float
     hand_over: HandOver
+    taken: bool = False  #: by a broadcast, whose hand-over follows its insert
 
 
 class Standby:
@@ -41,13 +45,15 @@ class Standby:
     def __init__(self) -> None:
         self._waiting: dict[str, Waiter] = {}
 
-    def register(self, waiter: Waiter) -> Callable[[], None]:
-        """Until the returned function is called (or a task is handed over)."""
+    def register(self, waiter: Waiter) -> Callable[[], bool]:
+        """Until the returned function is called; it returns False when a broadcast took
+        the standby already (its task is on its way to `hand_over`)."""
         self._waiting[waiter.agent.name] = waiter
 
-        def cancel() -> None:
+        def cancel() -> bool:
             if self._waiting.get(waiter.agent.name) is waiter:
                 del self._waiting[waiter.agent.name]
+            return not waiter.taken
 
         return cancel
 
@@ -59,6 +65,7 @@ class Standby:
             waiter = self._waiting.get(task.target)
             if waiter is not None and _may_take(waiter.agent, task):
                 del self._waiting[task.target]
+                waiter.taken = True
                 chosen[i] = waiter
         return chosen
 

@@ -251,12 +251,14 @@ class TaskService:
 
     def standby(
         self, agent: Agent, hand_over: HandOver, lease_seconds: float | None = None
-    ) -> Callable[[], None]:
+    ) -> Callable[[], bool]:
         """Puts the agent on standby (core/standby.py) until the returned function is
         called or a task is handed over: a broadcast leases the agent's task to it as it
         inserts it and calls `hand_over` with it, instead of queueing it and waking the
         agent. Only for an agent whose claim just found nothing, with a free slot; a
-        transport cancels the standby whenever it is woken, before it claims again."""
+        transport ends the standby whenever it is woken, before it claims again. Ending
+        it returns False when a broadcast took it: the task is on its way to `hand_over`
+        (unless the broadcast fails), so do not claim or answer empty meanwhile."""
         lease = self.lease_seconds if lease_seconds is None else lease_seconds
         return self._standby.register(Waiter(agent, lease, hand_over))
 
