@@ -13,7 +13,7 @@ import uvicorn
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from taskfleet import config
-from taskfleet.app import build
+from taskfleet.app import UVICORN_OPTIONS, build
 
 
 class RefuseWebsockets:
@@ -38,9 +38,9 @@ def main() -> None:
         host="127.0.0.1",
         port=port,
         log_level="warning",
-        ws_per_message_deflate=False,
         ws_max_size=settings.agent_max_message_bytes * 2,
         timeout_graceful_shutdown=5,
+        **UVICORN_OPTIONS,
     )
 
 

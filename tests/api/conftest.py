@@ -146,7 +146,12 @@ async def serve(settings: Settings) -> AsyncIterator[Live]:
         settings = dataclasses.replace(settings, host="127.0.0.1", port=port)
         app = taskfleet_app.build(settings)
         config = uvicorn.Config(
-            app, lifespan="on", log_config=None, access_log=False, timeout_graceful_shutdown=5
+            app,
+            lifespan="on",
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=5,
+            **taskfleet_app.UVICORN_OPTIONS,
         )
         server = _Server(config)
         serving = asyncio.create_task(server.serve(sockets=[sock]), name="uvicorn")

@@ -14,7 +14,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
 from taskfleet.core.models import Role
-from tests.api.conftest import AGENT_SECRET, Live, submit
+from tests.api.conftest import AGENT_SECRET, Live, eventually, submit
 
 pytestmark = pytest.mark.settings(poll_interval=30.0)
 
@@ -73,6 +73,40 @@ async def test_a_broadcast_reaches_every_idle_agent(live: Live, admin: httpx.Asy
             pushed = await _request(ws, "task.run")
             assert pushed["params"]["task_id"] == created[name]
             assert pushed["params"]["payload"] == 7
+
+
+async def test_idle_agents_get_a_broadcast_leased_as_it_is_queued(
+    live: Live, admin: httpx.AsyncClient
+) -> None:
+    """Idle agents are on standby: the broadcast inserts their tasks leased to them and
+    pushes them, without queueing, waking and claiming (core/standby.py)."""
+    names = ["idle-1", "idle-2"]
+    async with AsyncExitStack() as stack:
+        sockets = [await _agent(live, stack, name) for name in names]
+        for name in names:
+            await admin.patch(f"/api/v1/agents/{name}", json={"groups": ["idle"]})
+        await eventually(lambda: _all_on_standby(live, names))
+        body = {"type": "echo", "group": "idle", "broadcast": True, "payload": 8}
+        response = await admin.post("/api/v1/tasks", json=body)
+        assert response.status_code == 201, response.text
+        created = {t["target"]: t for t in response.json()}
+        assert {(t["status"], t["attempt"]) for t in created.values()} == {("active", 1)}
+        for name, ws in zip(names, sockets, strict=True):
+            pushed = await _request(ws, "task.run")
+            assert pushed["params"]["task_id"] == created[name]["id"]
+            assert pushed["params"]["attempt"] == 1
+            result = {"state": "complete", "result": name}
+            params = {"task_id": created[name]["id"], "attempt": 1, **result}
+            message = {"id": "r1", "version": "v1", "method": "task_status", "params": params}
+            await ws.send(json.dumps(message))
+            while (await _next(ws)).get("id") != "r1":
+                pass
+            done = await admin.get(f"/api/v1/tasks/{created[name]['id']}")
+            assert done.json()["status"] == "completed" and done.json()["result"] == name
+
+
+async def _all_on_standby(live: Live, names: list[str]) -> bool:
+    return all(live.services.tasks.on_standby(name) for name in names)
 
 
 async def test_status_changes_and_cancels_reach_a_quiet_agent(

@@ -14,6 +14,8 @@ from taskfleet.config import Settings
 from taskfleet.core import errors
 from taskfleet.core.accounts import AccountService
 from taskfleet.core.models import (
+    Agent,
+    NewJob,
     NewTask,
     Progress,
     RegistrationPolicy,
@@ -22,6 +24,7 @@ from taskfleet.core.models import (
     Task,
     TaskStatus,
 )
+from taskfleet.core.standby import Standby, Waiter
 from taskfleet.services import Services, wire
 from taskfleet.store.sql import open_store
 
@@ -357,3 +360,72 @@ async def test_a_failed_batch_fails_each_claim_in_it(
     assert [type(g) for g in got] == [errors.Busy] * 3
     monkeypatch.undo()
     assert await engine.tasks.claim(agents[0]) is None  # the next batch runs as usual
+
+
+async def _members(found: Services, *names: str) -> dict[str, Agent]:
+    agents = {}
+    for name in names:
+        await agent_named(found, name)
+        agents[name] = await found.agents.set_groups(name, ["all"])
+    return agents
+
+
+async def test_a_broadcast_leases_their_task_to_members_on_standby(engine: Services) -> None:
+    agents = await _members(engine, "a", "b", "c")
+    agents["c"] = await engine.agents.hello(agents["c"], task_types=["other"])
+    handed: list[Task] = []
+    engine.tasks.standby(agents["a"], lambda t: handed.append(t) is None)
+    engine.tasks.standby(agents["c"], lambda t: handed.append(t) is None)
+    created = {t.target: t for t in await engine.tasks.broadcast("all", NewTask(type="t"))}
+    a_task = created["a"]
+    assert [t.id for t in handed] == [a_task.id]
+    assert a_task.status is TaskStatus.ACTIVE and a_task.attempt == 1
+    assert a_task.lease_owner == agents["a"].id
+    assert a_task.lease_expires == clock(engine).t + 30
+    assert (await engine.tasks.get(a_task.id)).status is TaskStatus.ACTIVE
+    # b was not waiting, c does not take the type: theirs are queued as before.
+    assert created["b"].status is TaskStatus.QUEUED and created["c"].status is TaskStatus.QUEUED
+    # The hand-over ended a's standby: the next broadcast queues its task.
+    assert not engine.tasks.on_standby("a") and engine.tasks.on_standby("c")
+    again = {t.target: t for t in await engine.tasks.broadcast("all", NewTask(type="t"))}
+    assert again["a"].status is TaskStatus.QUEUED and len(handed) == 1
+    # The leased task is the agent's current attempt, reported as any claimed one.
+    done = await engine.tasks.complete(agents["a"], a_task.id, 1, {"ok": True})
+    assert done.status is TaskStatus.COMPLETED
+
+
+async def test_a_cancelled_standby_or_a_job_task_is_queued(engine: Services) -> None:
+    agents = await _members(engine, "a")
+    stand_down = engine.tasks.standby(agents["a"], lambda t: True)
+    stand_down()
+    (task,) = await engine.tasks.broadcast("all", NewTask(type="t"))
+    assert task.status is TaskStatus.QUEUED
+    engine.tasks.standby(agents["a"], lambda t: True)
+    job, _ = await engine.jobs.submit(NewJob(name="j", type="j"))
+    (in_job,) = await engine.tasks.broadcast("all", NewTask(type="t", job_id=job.id))
+    assert in_job.status is TaskStatus.QUEUED  # a claim checks the job's blacklist
+
+
+async def test_a_hand_over_refused_leaves_the_task_leased_until_it_runs_out(
+    engine: Services,
+) -> None:
+    agents = await _members(engine, "a")
+    engine.tasks.standby(agents["a"], lambda t: False)  # its connection closed meanwhile
+    (task,) = await engine.tasks.broadcast("all", NewTask(type="t", max_attempts=2))
+    assert task.status is TaskStatus.ACTIVE
+    clock(engine).t += 31
+    await engine.tasks.reap()
+    again = await engine.tasks.claim(agents["a"])
+    assert again is not None and again.id == task.id and again.attempt == 2
+
+
+def test_ending_a_standby_says_whether_a_broadcast_took_it() -> None:
+    standby = Standby()
+    agent = Agent(id=1, name="a")
+    stand_down = standby.register(Waiter(agent, 30.0, lambda t: True))
+    assert stand_down() and "a" not in standby  # nobody took it: claim as usual
+    stand_down = standby.register(Waiter(agent, 30.0, lambda t: True))
+    taken = standby.take([NewTask(type="t", target_kind=TargetKind.AGENT, target="a")])
+    assert list(taken) == [0] and "a" not in standby
+    assert not stand_down()  # its task is on the way: wait for the hand-over
+    assert standby.take([NewTask(type="t", target_kind=TargetKind.AGENT, target="a")]) == {}

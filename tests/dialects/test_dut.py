@@ -10,7 +10,8 @@ from typing import Any
 import httpx
 import pytest
 
-from taskfleet.core.models import Role
+from taskfleet.core.models import NewTask, Role, TaskStatus
+from taskfleet.dialects import dut
 from tests.api.conftest import Live, eventually
 
 AGENT = "agent1"
@@ -160,6 +161,24 @@ async def test_the_agent_poll_returns_as_soon_as_a_task_is_queued(live: Live) ->
     assert polled.json() == {"error": False, "events": {"1": {"n": 1}}}
 
 
+@pytest.mark.settings(dut_poll_seconds=20)
+async def test_a_held_poll_gets_a_broadcast_leased_as_it_is_queued(live: Live) -> None:
+    """While the poll waits its agent is on standby: a broadcast hands its task over."""
+    await setup(live)
+    client = live.client()
+    await live.services.agents.set_groups(AGENT, ["duts"])
+    poll = asyncio.create_task(client.get("/tasks", headers=RAW))
+    await eventually(lambda: _on_standby(live))
+    created = await live.services.tasks.broadcast("duts", NewTask(type="dut", payload={"b": 1}))
+    assert [(t.status, t.attempt) for t in created] == [(TaskStatus.ACTIVE, 1)]
+    polled = await asyncio.wait_for(poll, 10)
+    assert polled.json() == {"error": False, "events": {str(created[0].id): {"b": 1}}}
+
+
+async def _on_standby(live: Live) -> bool:
+    return live.services.tasks.on_standby(AGENT)
+
+
 async def _agent_polling(live: Live) -> bool:
     agent = await live.services.agents.get(AGENT)
     return agent.task_types == ("dut",)
@@ -240,3 +259,21 @@ async def test_basic_auth_the_dut_prefix_and_the_native_view(live: Live) -> None
     listed = await client.get("/api/v1/tasks", headers={"Authorization": f"Bearer {token}"})
     (task,) = listed.json()["tasks"]
     assert (task["type"], task["target"], task["payload"]) == ("dut", AGENT, {"a": 1})
+
+
+def test_the_long_poll_served_ahead_of_the_routes_leaves_raintank_its_paths() -> None:
+    assert dut.poll_paths("/raintank/api/v1") == {"/tasks", "/dut/tasks"}
+    assert dut.poll_paths("/dut") == {"/tasks"}  # raintank, mounted first, serves /dut/…
+
+
+@pytest.mark.settings(dut_poll_seconds=0.1)
+async def test_the_long_poll_answers_as_the_route_did(live: Live) -> None:
+    await setup(live)
+    client = live.client()
+    for path in ("/tasks", "/dut/tasks"):
+        polled = await client.get(path, headers=RAW)
+        assert polled.status_code == 200
+        assert polled.headers["content-type"] == "application/json"
+        assert polled.json() == {"error": False, "events": []}
+        error(await client.get(path, headers={"Authorization": "agent1:wrong"}), 403)
+        error(await client.get(path), 403, "Authorization failure")

@@ -33,6 +33,9 @@ from taskfleet.services import Services
 log = logging.getLogger(__name__)
 
 MAX_TICK_SECONDS = 1.0  #: how late a ping or an idle timeout may be
+#: How long a long-poll whose standby a broadcast took waits for the hand-over that
+#: follows the broadcast's insert (it fails only when the insert fails).
+HAND_OVER_SECONDS = 10.0
 
 
 class Subscriptions(Protocol):
@@ -55,12 +58,21 @@ class LongPoll:
     """The wake-ups of one long-poll: its agent's bus channels and the hub's queue poll.
     A wake-up that comes while it claims is kept, so none is lost between two claims."""
 
-    __slots__ = ("_sleeper", "control", "woken")
+    __slots__ = ("_sleeper", "answered", "control", "handed", "woken")
 
     def __init__(self) -> None:
         self.woken = False
         self.control = False  #: the agent's record may have changed: re-read it
+        self.handed: Task | None = None  #: leased to it by a broadcast (core/standby.py)
+        self.answered = False
         self._sleeper: asyncio.Future[None] | None = None
+
+    def hand_over(self, task: Task) -> bool:
+        if self.answered or self.handed is not None:
+            return False
+        self.handed = task
+        self._wake()
+        return True
 
     def on_bus(self, channel: str) -> None:
         self.control |= is_control_channel(channel)
@@ -74,6 +86,15 @@ class LongPoll:
         self.woken = True
         if self._sleeper is not None and not self._sleeper.done():
             self._sleeper.set_result(None)
+
+    async def handed_within(self, seconds: float, stopping: Callable[[], bool]) -> None:
+        """Sleeps until a task is handed over, `seconds` pass or the server stops,
+        whatever else wakes it."""
+        limit = time.monotonic() + seconds
+        while self.handed is None and not stopping():
+            if (left := limit - time.monotonic()) <= 0:
+                return
+            await self.sleep(left)
 
     async def sleep(self, seconds: float) -> None:
         """Until a wake-up (or at once, if one came since the last sleep) or `seconds`."""
@@ -145,7 +166,8 @@ class Hub:
     ) -> Task | None:
         """`TaskService.claim_wait` for long-polls held by the thousand: a subscription
         misses no wake-up, so instead of a claim of its own every poll interval it relies
-        on the hub's single queue poll."""
+        on the hub's single queue poll. While it sleeps the agent is on standby: a
+        broadcast hands it its task directly (core/standby.py)."""
         tasks, poll = self._found.tasks, LongPoll()
         channels = [QUEUE_CHANNEL, agent_channel(agent.name), control_channel(agent.name)]
         unsubscribe = self.subscribe(channels, poll.on_bus)
@@ -161,10 +183,19 @@ class Hub:
                 remaining = deadline - time.monotonic()
                 if task is not None or remaining <= 0 or tasks.stopping:
                     return task
-                await poll.sleep(remaining)
+                stand_down = tasks.standby(agent, poll.hand_over, lease_seconds)
+                try:
+                    await poll.sleep(remaining)
+                finally:
+                    unused = stand_down()
+                if not unused:  # a broadcast leased it a task: wait for the hand-over
+                    await poll.handed_within(HAND_OVER_SECONDS, lambda: tasks.stopping)
+                if poll.handed is not None:
+                    return poll.handed
                 if tasks.stopping:  # woken by the shutdown: answer, claim nothing more
                     return None
         finally:
+            poll.answered = True
             unsubscribe()
             self.stop_time(poll)
 

@@ -20,10 +20,10 @@ import contextlib
 import itertools
 import logging
 import time
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected
 
 from taskfleet import __version__
@@ -71,6 +71,7 @@ class Connection:
         "_expired",
         "_fill_due",
         "_found",
+        "_handed",
         "_heard",
         "_hub",
         "_idle_sent",
@@ -81,6 +82,7 @@ class Connection:
         "_ping_due",
         "_pinged",
         "_pusher",
+        "_stand_down",
         "_status_sent",
         "_writer",
         "_ws",
@@ -108,6 +110,9 @@ class Connection:
         self._expired: str | None = None
         self._pusher: asyncio.Task[None] | None = None
         self._closed = False
+        #: Tasks a broadcast leased to this agent while it was on standby, to push.
+        self._handed: list[Task] | None = None
+        self._stand_down: Callable[[], bool] | None = None  #: ends the standby
 
     # -- lifetime -------------------------------------------------------------------------
 
@@ -138,6 +143,7 @@ class Connection:
             await self._guard(self._read_forever())
         finally:
             self._closed = True
+            self._end_standby()
             unsubscribe()
             self._hub.stop_time(self)
             if (pusher := self._pusher) is not None:
@@ -413,6 +419,7 @@ class Connection:
         assert self.agent is not None
         self._concurrency = 0
         self._in_flight.clear()
+        self._end_standby()
         released = await self._found.tasks.sign_off(self.agent)
         return {"released": [t.id for t in released]}
 
@@ -424,9 +431,13 @@ class Connection:
 
     async def _push_due(self) -> None:
         try:
-            while not self._closed and (self._expired or self._ping_due or self._fill_due):
+            while not self._closed and (
+                self._expired or self._ping_due or self._fill_due or self._handed
+            ):
                 if self._expired:
                     raise wire.ProtocolError(self._expired)
+                if self._handed:
+                    await self._run_handed()
                 if self._ping_due:
                     self._ping_due = False
                     self._request("ping", {})
@@ -455,13 +466,17 @@ class Connection:
             self._request("task.cancel", {"task_id": task_id, "attempt": attempt})
 
     async def _fill(self) -> None:
-        """Claims and pushes tasks while the agent has free slots and may take work."""
+        """Claims and pushes tasks while the agent has free slots and may take work; with
+        a slot left and nothing to claim, the agent goes on standby (core/standby.py)."""
         assert self.agent is not None
+        if not self._end_standby():
+            return  # a broadcast took the standby: its hand-over comes, and fills again
         while (free := self._concurrency - len(self._in_flight)) > 0:
             if not self._takes_work(self.agent):
                 return
             tasks = await self._found.tasks.claim_many(self.agent, min(free, CLAIM_AT_ONCE))
             if not tasks:
+                self._stand_down = self._found.tasks.standby(self.agent, self._hand_over)
                 if not self._in_flight and not self._idle_sent:
                     self._idle_sent = True
                     self._request("idle", {})
@@ -470,6 +485,30 @@ class Connection:
             for task in tasks:
                 self._in_flight[task.id] = task.attempt
                 self._request("task.run", self._run_params(task))
+
+    def _end_standby(self) -> bool:
+        """Ends the standby (woken: claim in queue order, as any agent). False when a
+        broadcast took it and its task is on the way."""
+        stand_down, self._stand_down = self._stand_down, None
+        return stand_down is None or stand_down()
+
+    def _hand_over(self, task: Task) -> bool:
+        """A broadcast leased `task` to this agent while it was on standby: push it."""
+        if self._closed:
+            return False
+        self._stand_down = None  # a hand-over ends the standby
+        self._in_flight[task.id] = task.attempt
+        if self._handed is None:
+            self._handed = []
+        self._handed.append(task)
+        self._due(fill=True)  # a fill skipped while the task was on its way
+        return True
+
+    async def _run_handed(self) -> None:
+        handed, self._handed = self._handed or [], None
+        self._idle_sent = False
+        for task in handed:
+            self._request("task.run", self._run_params(task))
 
     @staticmethod
     def _takes_work(agent: Agent) -> bool:
@@ -542,20 +581,7 @@ async def endpoint(websocket: WebSocket) -> None:
     await Connection(websocket, found, websocket.app.state.agent_hub).serve(principal)
 
 
-class Shortcut:
-    """ASGI middleware that serves the agent socket itself, ahead of the routing stack.
-
-    Each agent holds its socket for hours, and every layer between uvicorn and `endpoint`
-    (exception middlewares, the router, FastAPI's exit stacks) keeps a suspended frame or
-    more for that long: about 10 KiB per agent, a third of what one costs the server. None
-    of them does anything for this route: `endpoint` answers every error itself.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "websocket" and scope["path"] == scope.get("root_path", "") + WS_PATH:
-            await endpoint(WebSocket(scope, receive, send))
-        else:
-            await self.app(scope, receive, send)
+async def serve_socket(scope: Scope, receive: Receive, send: Send) -> None:
+    """`endpoint` as a plain ASGI app, for `app.App`, which serves the agent socket ahead
+    of the routing stack."""
+    await endpoint(WebSocket(scope, receive, send))

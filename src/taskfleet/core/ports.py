@@ -7,7 +7,7 @@ them in `__init__`, so tests can hand in the real thing with a temporary databas
 from __future__ import annotations
 
 import time
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Protocol
 
 from taskfleet.core import errors
@@ -140,8 +140,17 @@ class AgentStore(Protocol):
 
 
 class TaskStore(Protocol):
-    async def add_tasks(self, tasks: Sequence[NewTask], now: float) -> list[Task]:
-        """Inserts the tasks in one transaction: they are on disk when this returns."""
+    async def add_tasks(
+        self,
+        tasks: Sequence[NewTask],
+        now: float,
+        leases: Mapping[int, tuple[int, float]] | None = None,
+    ) -> list[Task]:
+        """Inserts the tasks in one transaction: they are on disk when this returns.
+
+        `leases` maps a task's index to (agent id, lease expiry): that task is inserted
+        already claimed by the agent (active, attempt 1), as `claim_task` would leave it.
+        """
 
     async def get_task(self, task_id: int) -> Task | None: ...
 

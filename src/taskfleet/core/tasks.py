@@ -30,6 +30,7 @@ from taskfleet.core.models import (
     TaskStatus,
 )
 from taskfleet.core.ports import Bus, Clock, Store
+from taskfleet.core.standby import HandOver, Standby, Waiter
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +110,7 @@ class TaskService:
         self.stopping = False
         self._claims: Batch[tuple[Agent, float], Task | None] = Batch(self._claim_tasks)
         self._finishes: Batch[Outcome, tuple[Task, bool]] = Batch(self._finish_tasks)
+        self._standby = Standby()
 
     async def _claim_tasks(self, claims: list[tuple[Agent, float]]) -> list[Task | None]:
         return await self._store.claim_tasks(claims, self._clock.now())
@@ -133,19 +135,40 @@ class TaskService:
         if not members:
             raise errors.NotFound(f"group {group!r} has no members")
         # The members were just read: looking each one up again would cost a query per task.
+        # Members on standby get theirs leased as it is inserted (core/standby.py).
         return await self._submit(
             [replace(template, target_kind=TargetKind.AGENT, target=a.name) for a in members],
             known_agents=frozenset(a.name for a in members),
+            hand_over=True,
         )
 
-    async def _submit(self, tasks: Sequence[NewTask], known_agents: frozenset[str]) -> list[Task]:
+    async def _submit(
+        self, tasks: Sequence[NewTask], known_agents: frozenset[str], hand_over: bool = False
+    ) -> list[Task]:
         if not 0 < len(tasks) <= MAX_BATCH:
             raise errors.Invalid(f"submit between 1 and {MAX_BATCH} tasks at once")
         checked = [check_new_task(t) for t in tasks]
         await self._check_targets(checked, known_agents)
-        created = await self._store.add_tasks(checked, self._clock.now())
-        await self._bus.notify(self._wake_channels(created))
+        now = self._clock.now()
+        waiters = self._standby.take(checked) if hand_over else {}
+        leases = {i: (w.agent.id, now + w.lease_seconds) for i, w in waiters.items()}
+        created = await self._store.add_tasks(checked, now, leases)
+        for i, waiter in waiters.items():
+            self._handed_over(waiter, created[i])
+        queued = [t for i, t in enumerate(created) if i not in waiters]
+        await self._bus.notify(self._wake_channels(queued))
         return created
+
+    def _handed_over(self, waiter: Waiter, task: Task) -> None:
+        if self._on_claim is not None:
+            self._on_claim(task)
+        if not waiter.hand_over(task):
+            log.info(
+                "task %d leased to %s, who left meanwhile: it waits for its lease",
+                task.id,
+                waiter.agent.name,
+                extra={"action": "hand_over", "task": task.id},
+            )
 
     async def _check_targets(self, tasks: Sequence[NewTask], known_agents: frozenset[str]) -> None:
         """Looks up each distinct target and job once, however many tasks name it."""
@@ -244,6 +267,22 @@ class TaskService:
         if tasks:
             await self._bus.notify([task_channel(t.id) for t in tasks])
         return tasks
+
+    def standby(
+        self, agent: Agent, hand_over: HandOver, lease_seconds: float | None = None
+    ) -> Callable[[], bool]:
+        """Puts the agent on standby (core/standby.py) until the returned function is
+        called or a task is handed over: a broadcast leases the agent's task to it as it
+        inserts it and calls `hand_over` with it, instead of queueing it and waking the
+        agent. Only for an agent whose claim just found nothing, with a free slot; a
+        transport ends the standby whenever it is woken, before it claims again. Ending
+        it returns False when a broadcast took it: the task is on its way to `hand_over`
+        (unless the broadcast fails), so do not claim or answer empty meanwhile."""
+        lease = self.lease_seconds if lease_seconds is None else lease_seconds
+        return self._standby.register(Waiter(agent, lease, hand_over))
+
+    def on_standby(self, agent_name: str) -> bool:
+        return agent_name in self._standby
 
     async def claim_wait(
         self, agent: Agent, timeout: float, lease_seconds: float | None = None

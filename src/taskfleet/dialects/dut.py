@@ -17,6 +17,7 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from taskfleet.api.agent_hub import Hub
 from taskfleet.api.auth import basic_credentials, services_of
@@ -262,6 +263,30 @@ async def _poll(request: Request) -> Response:
     if task is None:
         return reply({"error": False, "events": []})
     return reply({"error": False, "events": {str(task.id): task.payload}})
+
+
+async def serve_poll(scope: Scope, receive: Receive, send: Send) -> None:
+    """`GET /tasks` (the agent's long-poll) as a plain ASGI app, which `app.App` serves
+    ahead of the routing stack: thousands of polls are held at once, for up to
+    `dut_poll_seconds` each, and every layer of that stack would keep suspended frames and
+    exit stacks for as long (about 9 KiB a poll). The same `_poll`; errors are answered
+    as `DutRoute` answers them."""
+    request = Request(scope, receive)
+    try:
+        response = await _poll(request)
+    except (errors.Error, HTTPException) as exc:
+        response = _to_reply(exc)
+    await response(scope, receive, send)
+
+
+def poll_paths(raintank_prefix: str) -> frozenset[str]:
+    """The paths of the agent's long-poll, but for one the raintank dialect (mounted
+    first) would serve."""
+    return frozenset(
+        path
+        for path in (prefix + "/tasks" for prefix in PREFIXES)
+        if path != raintank_prefix and not path.startswith(raintank_prefix + "/")
+    )
 
 
 async def _task_id(request: Request) -> int:

@@ -6,7 +6,7 @@ updated means the caller is stale (`Conflict`) or the task does not exist (`NotF
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import (
@@ -129,8 +129,14 @@ def _filtered(query: TaskFilter) -> Select[Any]:
 
 
 class TaskQueries(Base):
-    async def add_tasks(self, new: Sequence[NewTask], now: float) -> list[Task]:
-        rows = [task_row(t, now) for t in new]
+    async def add_tasks(
+        self,
+        new: Sequence[NewTask],
+        now: float,
+        leases: Mapping[int, tuple[int, float]] | None = None,
+    ) -> list[Task]:
+        leases = leases or {}
+        rows = [task_row(t, now, leases.get(i)) for i, t in enumerate(new)]
         async with self._write() as conn:
             result = await conn.execute(INSERT, rows)
             return [to_task(r) for r in result]
