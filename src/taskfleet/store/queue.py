@@ -144,10 +144,12 @@ def take_best(groups: int, tags: int, typed: bool) -> Update:
     return TAKE.where(tasks.c.id.in_(best))
 
 
-#: Leases a task if it is still queued and still runnable by the agent (`take_best`).
+#: Leases tasks that are still queued. Whoever chose them checked that they are runnable
+#: by the agent, in the same statement (`take_best`) or transaction (`TAKE_CHOSEN`):
+#: checking again here would cost as much as choosing and could not see anything new.
 TAKE: Update = (
     update(tasks)
-    .where(QUEUED, RUNNABLE)
+    .where(QUEUED)
     .values(
         status=TaskStatus.ACTIVE.value,
         attempt=tasks.c.attempt + 1,
