@@ -437,7 +437,7 @@ class Connection:
                 if self._expired:
                     raise wire.ProtocolError(self._expired)
                 if self._handed:
-                    await self._run_handed()
+                    self._run_handed()
                 if self._ping_due:
                     self._ping_due = False
                     self._request("ping", {})
@@ -504,7 +504,7 @@ class Connection:
         self._due(fill=True)  # a fill skipped while the task was on its way
         return True
 
-    async def _run_handed(self) -> None:
+    def _run_handed(self) -> None:
         handed, self._handed = self._handed or [], None
         self._idle_sent = False
         for task in handed:
