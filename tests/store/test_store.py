@@ -898,3 +898,23 @@ async def test_finish_tasks_answers_each_outcome_on_its_own(store: SqlStore) -> 
         third.id: TaskStatus.FAILED,
         untouched.id: TaskStatus.QUEUED,
     }
+
+
+@pytest.mark.parametrize("value", [None, 0, 2.5, "text", [1, "a"], {"k": {"n": None}}, True])
+async def test_hot_statements_read_and_write_what_sqlalchemy_does(
+    store: SqlStore, value: object
+) -> None:
+    # The lease and the outcome run on SQLite's driver directly (store/base.py Prepared):
+    # the task they return, and what they store, must be what every other query sees.
+    agent = await make_agent(store, "a1")
+    (queued,) = await queue(store, NewTask(type="t", payload=value))
+    claimed = await claim_one(store, agent)
+    assert claimed == await store.get_task(queued.id)
+    assert claimed.payload == value
+    finished, recorded = await finish(store, claimed, result=value)
+    assert recorded and finished == await store.get_task(queued.id)
+    assert (finished.status, finished.result, finished.progress.percent) == (
+        TaskStatus.COMPLETED,
+        value,
+        100.0,
+    )

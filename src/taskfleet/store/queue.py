@@ -165,6 +165,6 @@ TAKE: Update = (
     )
     .returning(tasks)
 )
-#: `TAKE` of tasks chosen by `best_queued` in the same transaction (SQLite: with the
-#: subquery inside, its planner walks the queue by status instead of looking the ids up).
-TAKE_CHOSEN = TAKE.where(tasks.c.id.in_(bindparam("chosen", expanding=True)))
+#: `TAKE` of a task chosen by `best_queued` in the same transaction (SQLite: with the
+#: subquery inside, its planner walks the queue by status instead of looking ids up).
+TAKE_CHOSEN = TAKE.where(tasks.c.id == bindparam("chosen"))

@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlalchemy import (
     Float,
+    Row,
     Select,
     String,
     Text,
@@ -179,10 +180,13 @@ class TaskQueries(Base):
                 if agent.id not in hopeful:
                     continue
                 lease = _lease(agent, now, lease_seconds)
+                rows: Sequence[Row[Any] | Mapping[Any, Any]]
                 if self.sqlite:  # the only writer: nothing changes between the two
-                    chosen = await best_queued(conn, agent, len(places))
-                    take = {**lease, "chosen": chosen}
-                    rows = (await conn.execute(TAKE_CHOSEN, take)).all() if chosen else []
+                    rows = [
+                        row
+                        for chosen in await best_queued(conn, agent, len(places))
+                        for row in await conn.rows(TAKE_CHOSEN, {**lease, "chosen": chosen})
+                    ]
                 else:
                     statement, params = take_best_for(agent, len(places))
                     rows = (await conn.execute(statement, {**params, **lease})).all()
@@ -264,9 +268,7 @@ class TaskQueries(Base):
             "new_error": o.error,
             "now": now,
         }
-        statement = FINISH[o.status is TaskStatus.COMPLETED]
-        row = (await conn.execute(statement, params)).first()
-        if row is not None:
+        for row in await conn.rows(FINISH[o.status is TaskStatus.COMPLETED], params):
             return to_task(row), True
         task = await self._get(conn, o.task_id)
         if (
