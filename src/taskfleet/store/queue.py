@@ -33,7 +33,6 @@ from sqlalchemy import (
 )
 
 from taskfleet.core.models import Agent, TargetKind, TaskStatus
-from taskfleet.store.base import Conn
 from taskfleet.store.tables import job_blacklist, task_failures, task_parents, tasks
 
 QUEUED: ColumnElement[bool] = tasks.c.status == literal_column(f"'{TaskStatus.QUEUED.value}'")
@@ -120,12 +119,6 @@ def _shape_and_params(agent: Agent) -> tuple[tuple[int, int, bool], dict[str, An
     return (len(agent.groups), len(tags), bool(agent.task_types)), params
 
 
-async def best_queued(conn: Conn, agent: Agent) -> int | None:
-    """The id of the queued task the agent should take next, or None."""
-    shape, params = _shape_and_params(agent)
-    return (await conn.execute(best_statement(*shape, False), params)).scalar()
-
-
 def take_best_for(agent: Agent) -> tuple[Update, dict[str, Any]]:
     """`take_best` for this agent and its parameters (add the lease's to them)."""
     shape, params = _shape_and_params(agent)
@@ -134,14 +127,14 @@ def take_best_for(agent: Agent) -> tuple[Update, dict[str, Any]]:
 
 @functools.cache
 def take_best(groups: int, tags: int, typed: bool) -> Update:
-    """The whole claim in one statement, for PostgreSQL: leases the best queued task for
-    an agent of this shape, locking only the rows it looks at (`best_statement`)."""
+    """The whole claim in one statement: leases the best queued task for an agent of this
+    shape. PostgreSQL locks only the rows it looks at (`best_statement`); SQLite, which
+    has no row locks, runs it under its write lock."""
     best = best_statement(groups, tags, typed, True).scalar_subquery()
     return TAKE.where(tasks.c.id == best)
 
 
-#: Leases a task if it is still queued and still runnable by the agent: with
-#: `tasks.c.id == :chosen` (SQLite) or with `take_best` (PostgreSQL).
+#: Leases a task if it is still queued and still runnable by the agent (`take_best`).
 TAKE: Update = (
     update(tasks)
     .where(QUEUED, RUNNABLE)
@@ -160,4 +153,3 @@ TAKE: Update = (
     )
     .returning(tasks)
 )
-TAKE_CHOSEN = TAKE.where(tasks.c.id == bindparam("chosen"))

@@ -40,7 +40,7 @@ from taskfleet.core.models import (
 )
 from taskfleet.store.base import Base, Conn, task_row, to_task
 from taskfleet.store.jobs import forget_failures
-from taskfleet.store.queue import QUEUED, TAKE_CHOSEN, best_queued, take_best_for
+from taskfleet.store.queue import QUEUED, take_best_for
 from taskfleet.store.tables import jobs, task_logs, task_outputs, tasks
 
 RUNNING = (TaskStatus.ACTIVE.value, TaskStatus.CANCEL_REQUESTED.value)
@@ -113,8 +113,10 @@ def _filtered(query: TaskFilter) -> Select[Any]:
 class TaskQueries(Base):
     async def add_tasks(self, new: Sequence[NewTask], now: float) -> list[Task]:
         rows = [task_row(t, now) for t in new]
-        async with self._write() as conn:
-            result = await conn.execute(INSERT, rows)
+        # One task is one INSERT; more may take several statements (insertmanyvalues
+        # batches), which must commit all or none.
+        async with self._write(one_statement=len(rows) == 1) as conn:
+            result = await conn.execute(INSERT, rows[0] if len(rows) == 1 else rows)
             return [to_task(r) for r in result]
 
     async def get_task(self, task_id: int) -> Task | None:
@@ -145,35 +147,16 @@ class TaskQueries(Base):
     async def claim_tasks(
         self, claims: Sequence[tuple[Agent, float]], now: float
     ) -> list[Task | None]:
+        # One statement per claim, which chooses and leases under the write lock (SQLite)
+        # or locking only the rows it looks at (PostgreSQL: concurrent claimers skip them
+        # and take the next). A claim that finds nothing writes nothing. A lone claim (an
+        # agent woken by a new task) is a transaction of its own.
         taken: list[Task | None] = [None] * len(claims)
-        if not self.sqlite:
-            # One statement per claim that locks only the rows it looks at: concurrent
-            # claimers skip them and take the next. An idle poll writes nothing.
-            async with self._write() as conn:
-                for i, (agent, lease_seconds) in enumerate(claims):
-                    statement, params = take_best_for(agent)
-                    lease = _lease(agent, now, lease_seconds)
-                    row = (await conn.execute(statement, {**params, **lease})).first()
-                    taken[i] = None if row is None else to_task(row)
-            return taken
-        # Most claims find nothing (idle agents polling): answer those with a read, which
-        # takes no write lock, and open the write transaction only for work.
-        async with self._read() as conn:
-            chosen = [await best_queued(conn, agent) for agent, _ in claims]
-        if all(c is None for c in chosen):
-            return taken
-        async with self._write() as conn:
+        async with self._write(one_statement=len(claims) == 1) as conn:
             for i, (agent, lease_seconds) in enumerate(claims):
-                if chosen[i] is None:
-                    continue
+                statement, params = take_best_for(agent)
                 lease = _lease(agent, now, lease_seconds)
-                row = (await conn.execute(TAKE_CHOSEN, {**lease, "chosen": chosen[i]})).first()
-                if row is None:
-                    # Another claim (here, or in another process since the read) took it:
-                    # choose again, under the lock.
-                    again = await best_queued(conn, agent)
-                    if again is not None:
-                        row = (await conn.execute(TAKE_CHOSEN, {**lease, "chosen": again})).first()
+                row = (await conn.execute(statement, {**params, **lease})).first()
                 taken[i] = None if row is None else to_task(row)
         return taken
 
