@@ -116,6 +116,15 @@ class App(FastAPI):
             await problems.to_problem(exc)(scope, receive, send)
 
 
+def _raintank_shadows_native(settings: Settings) -> bool:
+    """Whether raintank is served where native paths are (at /api/v1, as the original
+    was, or under it): then its routes must come first, to answer the paths both have.
+    Elsewhere they come after the native ones: routing tries routes in order, and each
+    native request (the hot ones) would try every raintank route first."""
+    prefix = raintank.prefix_of(settings)
+    return prefix == v1.PREFIX or prefix.startswith(v1.PREFIX + "/")
+
+
 def build(settings: Settings) -> FastAPI:
     app = App(
         title="taskfleet",
@@ -127,8 +136,13 @@ def build(settings: Settings) -> FastAPI:
         redoc_url=None,
     )
     app.state.settings = settings
-    raintank.mount(app, settings)  # before v1, so that it may be served at /api/v1
-    app.include_router(v1.router)
+    shadows_native = _raintank_shadows_native(settings)
+    if shadows_native:
+        raintank.mount(app, settings)
+    for router in v1.routers:
+        app.include_router(router, prefix=v1.PREFIX)
+    if not shadows_native:
+        raintank.mount(app, settings)
     app.add_api_websocket_route(agent_ws.WS_PATH, agent_ws.endpoint)
     for prefix in dut.PREFIXES:
         app.include_router(dut.router, prefix=prefix)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Literal
 
 import argon2
 import pytest
@@ -12,7 +13,7 @@ import pytest
 from taskfleet.bus.local import LocalBus
 from taskfleet.config import Settings
 from taskfleet.core import errors
-from taskfleet.core.accounts import AccountService
+from taskfleet.core.accounts import VERIFIED_RECHECK_SECONDS, AccountService
 from taskfleet.core.models import (
     Agent,
     NewJob,
@@ -268,6 +269,53 @@ async def test_accounts_sessions_and_first_admin(engine: Services) -> None:
         await engine.accounts.authenticate("admin", "wrong")
     with pytest.raises(errors.Conflict):
         await engine.accounts.add("admin", Role.AGENT, "x")
+
+
+async def test_a_revoked_agent_login_stops_working_within_the_recheck_bound(
+    engine: Services,
+) -> None:
+    """The server remembers verified logins; the CLI (another process) or another replica
+    may remove the account or change its secret without this server hearing of it."""
+    cheap = argon2.PasswordHasher(time_cost=1, memory_cost=64, parallelism=1)
+    elsewhere = AccountService(engine.store, engine.clock, hasher=cheap)
+    await engine.accounts.add("a", Role.AGENT, "secret")
+    await engine.accounts.add("b", Role.AGENT, "secret")
+    for name in ("a", "b"):
+        assert (await engine.accounts.authenticate(name, "secret")).name == name
+    await elsewhere.remove("a")
+    await engine.store.set_secret_hash(
+        (await engine.accounts.authenticate("b", "secret")).account_id or 0,
+        cheap.hash("new secret"),
+    )
+    clock(engine).t += VERIFIED_RECHECK_SECONDS / 2
+    assert (await engine.accounts.authenticate("a", "secret")).name == "a"  # within the bound
+    clock(engine).t += VERIFIED_RECHECK_SECONDS / 2
+    for name in ("a", "b"):
+        with pytest.raises(errors.Unauthorized):
+            await engine.accounts.authenticate(name, "secret")
+    assert (await engine.accounts.authenticate("b", "new secret")).name == "b"
+
+
+async def test_a_remembered_login_is_rechecked_without_argon2(engine: Services) -> None:
+    """Past the bound, an unchanged account costs one read, not another verification."""
+    hasher = CountingHasher(time_cost=1, memory_cost=64, parallelism=1)
+    accounts = AccountService(engine.store, engine.clock, hasher=hasher)
+    await accounts.add("a", Role.AGENT, "secret")
+    for _ in range(3):
+        assert (await accounts.authenticate("a", "secret")).name == "a"
+        clock(engine).t += VERIFIED_RECHECK_SECONDS
+    assert hasher.verified == 1
+    with pytest.raises(errors.Unauthorized):
+        await accounts.authenticate("a", "wrong")
+    assert hasher.verified == 2
+
+
+class CountingHasher(argon2.PasswordHasher):
+    verified = 0
+
+    def verify(self, hash: str | bytes, password: str | bytes) -> Literal[True]:
+        self.verified += 1
+        return super().verify(hash, password)
 
 
 async def test_registration_follows_the_policy(engine: Services) -> None:

@@ -61,10 +61,11 @@ async def test_a_worker_s_whole_life(live: Live, admin: httpx.AsyncClient) -> No
     )
     assert doc["status"] == "starting" and doc["software"] == "Flamenco-Worker/2.5"
     assert "secret" not in doc and "hashed_secret" not in doc
-    # Nothing queued yet: 204 at once (the worker's timeout is 3 s; no long-poll).
+    # Nothing queued yet: 204 without a long-poll, within the worker's own 3 s timeout
+    # (a held poll would outlast it: this is the protocol's bound, not a speed target).
     started = time.monotonic()
     assert (await me.fetch()).status_code == 204
-    assert time.monotonic() - started < 1
+    assert time.monotonic() - started < 3
 
     job = await submit(admin, priority=50, type="sleep")
     task = await me.task()

@@ -468,6 +468,21 @@ async def test_served_where_the_original_was(
     assert login.status_code == 401  # the native API's other routes are still there
 
 
+async def test_served_under_a_native_path_it_answers_the_paths_both_have(
+    start_server: Callable[..., Awaitable[Live]],
+) -> None:
+    """Raintank's routes come after the native ones unless it is served at or under
+    /api/v1; there, as at /api/v1, a path both have is raintank's."""
+    live = await start_server(**SETTINGS, raintank_prefix="/api/v1/tasks")
+    client = api(live)
+    ok(await client.post("/api/v1/tasks/agents", data={"name": "agent1"}), "agent")
+    # Also native `GET /api/v1/tasks/{task_id}`, which would refuse "agents" as an id.
+    (listed,) = ok(await client.get("/api/v1/tasks/agents"), "agents")
+    assert listed["name"] == "agent1"
+    admin = await live.admin()
+    assert (await admin.get("/api/v1/tasks")).status_code == 200  # native where only it is
+
+
 # -- native agents on the same schedules ---------------------------------------------------------
 
 

@@ -11,6 +11,7 @@ import hmac
 import re
 import secrets
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import argon2
 
@@ -25,6 +26,18 @@ POLICY_KEY = "registration_policy"
 #: Remembered successful agent logins, so per-request Basic auth costs one hash lookup
 #: instead of one argon2 verification (which is slow on purpose).
 VERIFIED_CACHE_SIZE = 50_000
+#: How long a remembered login is trusted before its account is looked at again (one
+#: indexed read, no argon2 unless the secret's hash changed). It bounds how long a
+#: credential keeps working here once it is revoked elsewhere: its account removed by
+#: the CLI (another process) or through another replica, or its secret changed.
+VERIFIED_RECHECK_SECONDS = 5.0
+
+
+@dataclass(slots=True)
+class _Verified:
+    principal: Principal
+    secret_hash: str  #: the hash the secret was verified against
+    checked: float  #: clock time of the last look at the account
 
 
 def check_name(name: str) -> str:
@@ -58,7 +71,7 @@ class AccountService:
         self._clock = clock
         self._api_keys = tuple(k for k in api_keys if k)
         self._hasher = hasher or argon2.PasswordHasher()
-        self._verified: dict[str, Principal] = {}
+        self._verified: dict[str, _Verified] = {}
 
     def hash_secret(self, secret: str) -> str:
         return self._hasher.hash(check_secret(secret))
@@ -94,18 +107,25 @@ class AccountService:
 
     async def authenticate(self, name: str, secret: str) -> Principal:
         """Checks a name and secret. Raises `Unauthorized` with one message for every failure,
-        so callers cannot probe which names exist."""
+        so callers cannot probe which names exist. A login verified here is remembered; a
+        credential revoked elsewhere stops working within `VERIFIED_RECHECK_SECONDS`."""
         cache_key = token_digest(f"{name}\0{secret}")
-        if (cached := self._verified.get(cache_key)) is not None:
-            return cached
+        cached = self._verified.get(cache_key)
+        now = self._clock.now()
+        if cached is not None and 0 <= now - cached.checked < VERIFIED_RECHECK_SECONDS:
+            return cached.principal
+        self._verified.pop(cache_key, None)
         found = await self._store.account_with_hash(name) if isinstance(name, str) else None
-        if found is None or not found[0].enabled or not self._verify(found[1], secret):
+        if found is None or not found[0].enabled:
             raise errors.Unauthorized("invalid credentials")
-        account = found[0]
+        account, secret_hash = found
+        known = cached is not None and cached.secret_hash == secret_hash
+        if not known and not self._verify(secret_hash, secret):
+            raise errors.Unauthorized("invalid credentials")
         principal = Principal(name=account.name, role=account.role, account_id=account.id)
         if len(self._verified) >= VERIFIED_CACHE_SIZE:
             self._verified.clear()
-        self._verified[cache_key] = principal
+        self._verified[cache_key] = _Verified(principal, secret_hash, now)
         return principal
 
     def _verify(self, secret_hash: str, secret: str) -> bool:

@@ -128,12 +128,23 @@ class Base:
         self._write_lock = asyncio.Lock() if self.sqlite else None
 
     @contextlib.asynccontextmanager
-    async def _write(self) -> AsyncIterator[Conn]:
-        """One write transaction (BEGIN IMMEDIATE on SQLite)."""
+    async def _write(self, *, one_statement: bool = False) -> AsyncIterator[Conn]:
+        """One write transaction (BEGIN IMMEDIATE on SQLite).
+
+        `one_statement`: the caller runs exactly one statement, which the database then
+        runs as a transaction of its own, as atomic and as durable (committed when
+        `execute` returns), without our BEGIN and COMMIT. On PostgreSQL those are two of
+        the three round trips of a write, on the path from a submit to its agent; a
+        SQLite write statement outside a transaction takes the write lock when it
+        starts, as BEGIN IMMEDIATE does.
+        """
         lock = self._write_lock or contextlib.nullcontext()
         async with lock:
             try:
-                if isinstance(self.engine, AsyncEngine):
+                if one_statement:
+                    async with self._autocommit() as conn:
+                        yield conn
+                elif isinstance(self.engine, AsyncEngine):
                     async with self.engine.begin() as aconn:
                         yield Conn(aconn)
                 else:
@@ -145,6 +156,20 @@ class Base:
                 raise errors.Invalid(DATA_ERROR) from error
             except exc.TimeoutError as error:
                 raise errors.Busy(BUSY) from error
+
+    @contextlib.asynccontextmanager
+    async def _autocommit(self) -> AsyncIterator[Conn]:
+        if isinstance(self.engine, AsyncEngine):
+            async with self.engine.connect() as aconn:
+                await aconn.execution_options(isolation_level="AUTOCOMMIT")
+                yield Conn(aconn)
+        else:
+            # The driver runs in autocommit mode already (store/engine.py): only our
+            # BEGIN is left out, and the commit at the end has nothing to do.
+            with self.engine.connect() as conn:
+                conn.execution_options(sqlite_begin=None)
+                yield Conn(conn)
+                conn.commit()
 
     @contextlib.asynccontextmanager
     async def _read(self) -> AsyncIterator[Conn]:

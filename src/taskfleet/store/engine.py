@@ -70,7 +70,8 @@ def _configure_sqlite(engine: Engine, synchronous: str) -> None:
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
         mode = conn.get_execution_options().get("sqlite_begin", "IMMEDIATE")
-        conn.exec_driver_sql(f"BEGIN {mode}")
+        if mode is not None:  # None: one statement, its own transaction (store/base.py)
+            conn.exec_driver_sql(f"BEGIN {mode}")
 
 
 def _alembic_config(connection: Connection) -> Config:

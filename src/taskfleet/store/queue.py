@@ -129,18 +129,23 @@ async def best_queued(conn: Conn, agent: Agent, count: int = 1) -> list[int]:
     return list((await conn.execute(statement, {**params, "count": count})).scalars())
 
 
-def take_best_for(agent: Agent, count: int) -> tuple[Update, dict[str, Any]]:
+def take_best_for(agent: Agent, count: int, one: bool = False) -> tuple[Update, dict[str, Any]]:
     """`take_best` for this agent and its parameters (add the lease's to them)."""
     shape, params = _shape_and_params(agent)
-    return take_best(*shape), {**params, "count": count}
+    return take_best(*shape, one), {**params, "count": count}
 
 
 @functools.cache
-def take_best(groups: int, tags: int, typed: bool) -> Update:
+def take_best(groups: int, tags: int, typed: bool, one: bool = False) -> Update:
     """The whole claim in one statement: leases the `:count` best queued tasks for an
     agent of this shape (several for its free slots), on PostgreSQL locking only the rows
-    it looks at (`best_statement`). The rows come back in no particular order."""
+    it looks at (`best_statement`); SQLite, which has no row locks, runs it under its
+    write lock. The rows come back in no particular order. `one` (for SQLite, `:count`
+    1) compares the id with a scalar subquery: with `IN`, SQLite's planner walks the
+    queue by status instead of looking the id up."""
     best = best_statement(groups, tags, typed, True)
+    if one:
+        return TAKE.where(tasks.c.id == best.scalar_subquery())
     return TAKE.where(tasks.c.id.in_(best))
 
 

@@ -138,8 +138,10 @@ class TaskQueries(Base):
     ) -> list[Task]:
         leases = leases or {}
         rows = [task_row(t, now, leases.get(i)) for i, t in enumerate(new)]
-        async with self._write() as conn:
-            result = await conn.execute(INSERT, rows)
+        # One task is one INSERT; more may take several statements (insertmanyvalues
+        # batches), which must commit all or none.
+        async with self._write(one_statement=len(rows) == 1) as conn:
+            result = await conn.execute(INSERT, rows[0] if len(rows) == 1 else rows)
             return [to_task(r) for r in result]
 
     async def get_task(self, task_id: int) -> Task | None:
@@ -170,6 +172,15 @@ class TaskQueries(Base):
     async def claim_tasks(
         self, claims: Sequence[tuple[Agent, float]], now: float
     ) -> list[Task | None]:
+        if len(claims) == 1:
+            # A lone claim (an agent woken by a new task) is one statement, a transaction
+            # of its own.
+            ((agent, lease_seconds),) = claims
+            statement, params = take_best_for(agent, 1, one=self.sqlite)
+            async with self._write(one_statement=True) as conn:
+                lease = _lease(agent, now, lease_seconds)
+                row = (await conn.execute(statement, {**params, **lease})).first()
+            return [None if row is None else to_task(row)]
         taken: list[Task | None] = [None] * len(claims)
         hopeful = {agent.id for agent, _ in claims}  #: agents that may find more
         # One statement per run of claims of one agent (its free slots), which on

@@ -19,6 +19,10 @@ from taskfleet.api.v1 import (
     tasks,
 )
 
-router = APIRouter(prefix="/api/v1")
-for _module in (accounts, fleet, tasks, agent_http, jobs, schedules, registration, commands):
-    router.include_router(_module.router)
+PREFIX = "/api/v1"
+#: Each is included in the app under `PREFIX` by itself, not through one /api/v1 router:
+#: FastAPI matches a request against every level of included routers again, so a level
+#: less is one pass less over the native routes on every native request.
+routers: tuple[APIRouter, ...] = tuple(
+    m.router for m in (accounts, fleet, tasks, agent_http, jobs, schedules, registration, commands)
+)
