@@ -345,19 +345,26 @@ async def test_stop_ends_long_polls_at_once(engine: Services) -> None:
     assert claimed is None and waited.status is TaskStatus.QUEUED
 
 
+def count_batches(monkeypatch: pytest.MonkeyPatch, engine: Services, method: str) -> list[int]:
+    """The size of each call to one of the store's batch methods (`claim_tasks`,
+    `finish_tasks`): one call is one transaction."""
+    batches: list[int] = []
+    real = getattr(engine.store, method)
+
+    async def counted(items, now):  # type: ignore[no-untyped-def]
+        batches.append(len(items))
+        return await real(items, now)
+
+    monkeypatch.setattr(engine.store, method, counted)
+    return batches
+
+
 async def test_claims_asked_together_share_one_transaction(
     engine: Services, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     agents = [await agent_named(engine, f"b{n}") for n in range(5)]
     queued = await engine.tasks.submit([NewTask(type="t") for _ in range(4)])
-    batches: list[int] = []
-    claim_tasks = engine.store.claim_tasks
-
-    async def counted(claims, now):  # type: ignore[no-untyped-def]
-        batches.append(len(claims))
-        return await claim_tasks(claims, now)
-
-    monkeypatch.setattr(engine.store, "claim_tasks", counted)
+    batches = count_batches(monkeypatch, engine, "claim_tasks")
     got = await asyncio.gather(*(engine.tasks.claim(a) for a in agents))
     assert batches == [5]  # one store call, one transaction, for the five claims
     assert sorted(t.id for t in got if t) == [t.id for t in queued]
@@ -374,14 +381,7 @@ async def test_results_reported_together_share_one_transaction(
     agent = await agent_named(engine, "r1")
     await engine.tasks.submit([NewTask(type="t") for _ in range(3)])
     first, second, third = await engine.tasks.claim_many(agent, 3)
-    batches: list[int] = []
-    finish_tasks = engine.store.finish_tasks
-
-    async def counted(outcomes, now):  # type: ignore[no-untyped-def]
-        batches.append(len(outcomes))
-        return await finish_tasks(outcomes, now)
-
-    monkeypatch.setattr(engine.store, "finish_tasks", counted)
+    batches = count_batches(monkeypatch, engine, "finish_tasks")
     got = await asyncio.gather(
         engine.tasks.complete(agent, first.id, first.attempt, "one"),
         engine.tasks.complete(agent, second.id, second.attempt + 1, "stale"),
