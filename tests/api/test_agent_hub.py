@@ -30,3 +30,14 @@ async def test_the_wait_for_a_hand_over_ends_when_the_server_stops_or_in_time() 
     assert poll.handed is None
     poll.answered = True
     assert not poll.hand_over(Task(id=9, type="dut"))  # answered already: stays leased
+
+
+async def test_a_failed_broadcast_ends_the_wait_at_once() -> None:
+    poll = LongPoll()
+    waiting = asyncio.create_task(poll.handed_within(5.0, lambda: False))
+    await asyncio.sleep(0)
+    assert poll.hand_over(None)  # the broadcast's insert failed: nothing comes
+    await asyncio.wait_for(waiting, 1)
+    assert poll.handed is None and poll.lost
+    poll.lost = False  # as claim_wait does before it claims again
+    assert poll.hand_over(Task(id=10, type="dut"))  # a later broadcast may still hand over

@@ -477,3 +477,20 @@ def test_ending_a_standby_says_whether_a_broadcast_took_it() -> None:
     assert list(taken) == [0] and "a" not in standby
     assert not stand_down()  # its task is on the way: wait for the hand-over
     assert standby.take([NewTask(type="t", target_kind=TargetKind.AGENT, target="a")]) == {}
+
+
+async def test_a_failed_broadcast_tells_the_members_it_took_to_claim_again(
+    engine: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    agents = await _members(engine, "a", "b")
+    handed: list[Task | None] = []
+    stand_down = engine.tasks.standby(agents["a"], lambda t: handed.append(t) is None)
+
+    async def busy(*args: object) -> None:
+        raise errors.Busy()
+
+    monkeypatch.setattr(engine.store, "add_tasks", busy)
+    with pytest.raises(errors.Busy):
+        await engine.tasks.broadcast("all", NewTask(type="t"))
+    assert handed == [None]  # nothing comes: the transport claims again at once
+    assert not stand_down()  # the broadcast had taken the standby

@@ -34,7 +34,8 @@ log = logging.getLogger(__name__)
 
 MAX_TICK_SECONDS = 1.0  #: how late a ping or an idle timeout may be
 #: How long a long-poll whose standby a broadcast took waits for the hand-over that
-#: follows the broadcast's insert (it fails only when the insert fails).
+#: follows the broadcast's insert (a failed insert hands over None at once: this bounds
+#: only the unforeseen).
 HAND_OVER_SECONDS = 10.0
 
 
@@ -58,18 +59,21 @@ class LongPoll:
     """The wake-ups of one long-poll: its agent's bus channels and the hub's queue poll.
     A wake-up that comes while it claims is kept, so none is lost between two claims."""
 
-    __slots__ = ("_sleeper", "answered", "control", "handed", "woken")
+    __slots__ = ("_sleeper", "answered", "control", "handed", "lost", "woken")
 
     def __init__(self) -> None:
         self.woken = False
         self.control = False  #: the agent's record may have changed: re-read it
         self.handed: Task | None = None  #: leased to it by a broadcast (core/standby.py)
+        self.lost = False  #: the broadcast that took its standby failed: nothing comes
         self.answered = False
         self._sleeper: asyncio.Future[None] | None = None
 
-    def hand_over(self, task: Task) -> bool:
+    def hand_over(self, task: Task | None) -> bool:
         if self.answered or self.handed is not None:
             return False
+        if task is None:
+            self.lost = True
         self.handed = task
         self._wake()
         return True
@@ -91,7 +95,7 @@ class LongPoll:
         """Sleeps until a task is handed over, `seconds` pass or the server stops,
         whatever else wakes it."""
         limit = time.monotonic() + seconds
-        while self.handed is None and not stopping():
+        while self.handed is None and not self.lost and not stopping():
             if (left := limit - time.monotonic()) <= 0:
                 return
             await self.sleep(left)
@@ -190,6 +194,7 @@ class Hub:
                     unused = stand_down()
                 if not unused:  # a broadcast leased it a task: wait for the hand-over
                     await poll.handed_within(HAND_OVER_SECONDS, lambda: tasks.stopping)
+                    poll.lost = False  # the broadcast failed: claim again
                 if poll.handed is not None:
                     return poll.handed
                 if tasks.stopping:  # woken by the shutdown: answer, claim nothing more

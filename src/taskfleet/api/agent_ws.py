@@ -492,11 +492,15 @@ class Connection:
         stand_down, self._stand_down = self._stand_down, None
         return stand_down is None or stand_down()
 
-    def _hand_over(self, task: Task) -> bool:
-        """A broadcast leased `task` to this agent while it was on standby: push it."""
+    def _hand_over(self, task: Task | None) -> bool:
+        """A broadcast leased `task` to this agent while it was on standby: push it (None:
+        the broadcast failed, so claim again)."""
         if self._closed:
             return False
         self._stand_down = None  # a hand-over ends the standby
+        if task is None:
+            self._due(fill=True)  # the fill skipped while a task seemed on its way
+            return True
         self._in_flight[task.id] = task.attempt
         if self._handed is None:
             self._handed = []

@@ -13,11 +13,12 @@ a type it takes, outside any job (whose blacklists a claim would check).
 
 Standby is per server: on another replica the agent's task is queued as before and its
 wake-up reaches it there. A standby taken by a broadcast is ended by
-the hand-over, once the insert is committed; a transport woken meanwhile learns from
-ending its standby that a task is on its way and waits for it rather than claiming (or
-answering a long-poll empty). A hand-over that finds the transport gone (its connection
-closed while the insert ran) leaves the task leased, as for any lost delivery: the lease
-runs out, or the agent's sign-off gives it back.
+the hand-over, once the insert is committed (or, if the insert fails, by a hand-over of
+None); a transport woken meanwhile learns from ending its standby that a task is on its
+way and waits for it rather than claiming (or answering a long-poll empty). A hand-over
+that finds the transport gone (its connection closed while the insert ran) leaves the
+task leased, as for any lost delivery: the lease runs out, or the agent's sign-off gives
+it back.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ from dataclasses import dataclass
 from taskfleet.core.models import Agent, NewTask, TargetKind, Task
 
 #: Takes a task leased to the agent; False when the transport can no longer deliver it.
-HandOver = Callable[[Task], bool]
+#: None says that the broadcast which took the standby failed: nothing comes, claim again.
+HandOver = Callable[[Task | None], bool]
 
 
 @dataclass(slots=True, eq=False)

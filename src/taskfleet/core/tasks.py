@@ -152,7 +152,12 @@ class TaskService:
         now = self._clock.now()
         waiters = self._standby.take(checked) if hand_over else {}
         leases = {i: (w.agent.id, now + w.lease_seconds) for i, w in waiters.items()}
-        created = await self._store.add_tasks(checked, now, leases)
+        try:
+            created = await self._store.add_tasks(checked, now, leases)
+        except BaseException:
+            for waiter in waiters.values():
+                waiter.hand_over(None)  # nothing comes: they claim again
+            raise
         for i, waiter in waiters.items():
             self._handed_over(waiter, created[i])
         queued = [t for i, t in enumerate(created) if i not in waiters]
