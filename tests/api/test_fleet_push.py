@@ -105,6 +105,28 @@ async def test_idle_agents_get_a_broadcast_leased_as_it_is_queued(
             assert done.json()["status"] == "completed" and done.json()["result"] == name
 
 
+async def test_an_idle_agent_gets_a_plain_submit_leased_as_it_is_queued(
+    live: Live, admin: httpx.AsyncClient
+) -> None:
+    """Not only broadcasts: any task an agent on standby may take is handed over, one
+    per agent; what is left is queued, and claimed when a slot comes free."""
+    async with AsyncExitStack() as stack:
+        ws = await _agent(live, stack, "solo")
+        await eventually(lambda: _all_on_standby(live, ["solo"]))
+        response = await admin.post("/api/v1/tasks/batch", json={"tasks": [{"type": "echo"}] * 2})
+        assert response.status_code == 201, response.text
+        first, second = response.json()
+        assert (first["status"], first["attempt"]) == ("active", 1)
+        assert second["status"] == "queued"
+        pushed = await _request(ws, "task.run")
+        assert pushed["params"]["task_id"] == first["id"]
+        params = {"task_id": first["id"], "attempt": 1, "state": "complete", "result": 1}
+        message = {"id": "r1", "version": "v1", "method": "task_status", "params": params}
+        await ws.send(json.dumps(message))
+        pushed = await _request(ws, "task.run")  # its slot came free: it claims the next
+        assert pushed["params"]["task_id"] == second["id"]
+
+
 async def _all_on_standby(live: Live, names: list[str]) -> bool:
     return all(live.services.tasks.on_standby(name) for name in names)
 

@@ -13,6 +13,7 @@ import pytest
 from taskfleet.bus.local import LocalBus
 from taskfleet.config import Settings
 from taskfleet.core import errors
+from taskfleet.core import standby as standby_module
 from taskfleet.core.accounts import VERIFIED_RECHECK_SECONDS, AccountService
 from taskfleet.core.models import (
     Agent,
@@ -454,17 +455,70 @@ async def test_a_cancelled_standby_or_a_job_task_is_queued(engine: Services) -> 
     assert in_job.status is TaskStatus.QUEUED  # a claim checks the job's blacklist
 
 
-async def test_a_hand_over_refused_leaves_the_task_leased_until_it_runs_out(
-    engine: Services,
-) -> None:
+async def test_a_hand_over_refused_gives_the_task_back_to_the_queue(engine: Services) -> None:
     agents = await _members(engine, "a")
     engine.tasks.standby(agents["a"], lambda t: False)  # its connection closed meanwhile
     (task,) = await engine.tasks.broadcast("all", NewTask(type="t", max_attempts=2))
-    assert task.status is TaskStatus.ACTIVE
-    clock(engine).t += 31
-    await engine.tasks.reap()
-    again = await engine.tasks.claim(agents["a"])
+    assert task.status is TaskStatus.QUEUED  # the answer says where it is now
+    assert (await engine.tasks.get(task.id)).status is TaskStatus.QUEUED
+    again = await engine.tasks.claim(agents["a"])  # at once, not when the lease runs out
     assert again is not None and again.id == task.id and again.attempt == 2
+
+
+async def test_a_submit_hands_each_task_to_an_agent_on_standby_that_may_take_it(
+    engine: Services,
+) -> None:
+    gpu = await engine.agents.set_groups((await agent_named(engine, "gpu")).name, ["gpus"])
+    await agent_named(engine, "tagged")
+    tagged = await engine.agents.update("tagged", tags=["linux", "x86"])
+    picky = await engine.agents.hello(await agent_named(engine, "picky"), task_types=["other"])
+    handed: dict[str, list[Task]] = {"gpu": [], "tagged": [], "picky": []}
+    for agent in (picky, gpu, tagged):  # picky waits longest
+        engine.tasks.standby(agent, lambda t, n=agent.name: handed[n].append(t) is None)
+    created = await engine.tasks.submit(
+        [
+            NewTask(type="t", target_kind=TargetKind.TAGS, target="linux,arm"),
+            NewTask(type="t", target_kind=TargetKind.TAGS, target="x86,linux"),
+            NewTask(type="t", target_kind=TargetKind.GROUP, target="gpus"),
+            NewTask(type="t"),  # any agent: every waiter that takes "t" is taken already
+        ]
+    )
+    assert [t.status for t in created] == [
+        TaskStatus.QUEUED,  # nobody on standby has both tags
+        TaskStatus.ACTIVE,
+        TaskStatus.ACTIVE,
+        TaskStatus.QUEUED,  # picky does not take "t"
+    ]
+    assert [t.id for t in handed["tagged"]] == [created[1].id]
+    assert [t.id for t in handed["gpu"]] == [created[2].id]
+    assert handed["picky"] == [] and engine.tasks.on_standby("picky")
+    assert created[1].lease_owner == tagged.id and created[2].lease_owner == gpu.id
+
+
+async def test_a_submit_hands_over_in_claim_order_to_the_longest_waiting(
+    engine: Services,
+) -> None:
+    first, second = await agent_named(engine, "first"), await agent_named(engine, "second")
+    handed: dict[str, list[Task]] = {"first": [], "second": []}
+    for agent in (first, second):
+        engine.tasks.standby(agent, lambda t, n=agent.name: handed[n].append(t) is None)
+    low, high, later = await engine.tasks.submit(
+        [NewTask(type="t"), NewTask(type="t", priority=5), NewTask(type="t")]
+    )
+    # As two claims would have gone: the highest priority, then the oldest of the rest.
+    assert [t.id for t in handed["first"]] == [high.id]
+    assert [t.id for t in handed["second"]] == [low.id]
+    assert later.status is TaskStatus.QUEUED
+
+
+def test_a_submit_looks_at_a_bounded_number_of_waiters(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(standby_module, "SCAN_BUDGET", 2)
+    standby = Standby()
+    for n, types in enumerate([("other",), ("other",), ()]):
+        standby.register(Waiter(Agent(id=n, name=f"w{n}", task_types=types), 30.0, bool))
+    # w2 could take it, but it is the third waiter looked at: the task is queued instead.
+    assert standby.take([NewTask(type="t")]) == {}
+    assert standby.take([NewTask(type="t", target_kind=TargetKind.AGENT, target="w2")]) != {}
 
 
 def test_ending_a_standby_says_whether_a_broadcast_took_it() -> None:

@@ -33,8 +33,8 @@ from taskfleet.services import Services
 log = logging.getLogger(__name__)
 
 MAX_TICK_SECONDS = 1.0  #: how late a ping or an idle timeout may be
-#: How long a long-poll whose standby a broadcast took waits for the hand-over that
-#: follows the broadcast's insert (a failed insert hands over None at once: this bounds
+#: How long a long-poll whose standby a submit took waits for the hand-over that
+#: follows the submit's insert (a failed insert hands over None at once: this bounds
 #: only the unforeseen).
 HAND_OVER_SECONDS = 10.0
 
@@ -64,8 +64,8 @@ class LongPoll:
     def __init__(self) -> None:
         self.woken = False
         self.control = False  #: the agent's record may have changed: re-read it
-        self.handed: Task | None = None  #: leased to it by a broadcast (core/standby.py)
-        self.lost = False  #: the broadcast that took its standby failed: nothing comes
+        self.handed: Task | None = None  #: leased to it by a submit (core/standby.py)
+        self.lost = False  #: the submit that took its standby failed: nothing comes
         self.answered = False
         self._sleeper: asyncio.Future[None] | None = None
 
@@ -171,7 +171,7 @@ class Hub:
         """`TaskService.claim_wait` for long-polls held by the thousand: a subscription
         misses no wake-up, so instead of a claim of its own every poll interval it relies
         on the hub's single queue poll. While it sleeps the agent is on standby: a
-        broadcast hands it its task directly (core/standby.py)."""
+        submit hands it a task directly (core/standby.py)."""
         tasks, poll = self._found.tasks, LongPoll()
         channels = [QUEUE_CHANNEL, agent_channel(agent.name), control_channel(agent.name)]
         unsubscribe = self.subscribe(channels, poll.on_bus)
@@ -192,9 +192,9 @@ class Hub:
                     await poll.sleep(remaining)
                 finally:
                     unused = stand_down()
-                if not unused:  # a broadcast leased it a task: wait for the hand-over
+                if not unused:  # a submit leased it a task: wait for the hand-over
                     await poll.handed_within(HAND_OVER_SECONDS, lambda: tasks.stopping)
-                    poll.lost = False  # the broadcast failed: claim again
+                    poll.lost = False  # the submit failed: claim again
                 if poll.handed is not None:
                     return poll.handed
                 if tasks.stopping:  # woken by the shutdown: answer, claim nothing more

@@ -110,7 +110,7 @@ class Connection:
         self._expired: str | None = None
         self._pusher: asyncio.Task[None] | None = None
         self._closed = False
-        #: Tasks a broadcast leased to this agent while it was on standby, to push.
+        #: Tasks a submit leased to this agent while it was on standby, to push.
         self._handed: list[Task] | None = None
         self._stand_down: Callable[[], bool] | None = None  #: ends the standby
 
@@ -470,7 +470,7 @@ class Connection:
         a slot left and nothing to claim, the agent goes on standby (core/standby.py)."""
         assert self.agent is not None
         if not self._end_standby():
-            return  # a broadcast took the standby: its hand-over comes, and fills again
+            return  # a submit took the standby: its hand-over comes, and fills again
         while (free := self._concurrency - len(self._in_flight)) > 0:
             if not self._takes_work(self.agent):
                 return
@@ -488,13 +488,13 @@ class Connection:
 
     def _end_standby(self) -> bool:
         """Ends the standby (woken: claim in queue order, as any agent). False when a
-        broadcast took it and its task is on the way."""
+        submit took it and its task is on the way."""
         stand_down, self._stand_down = self._stand_down, None
         return stand_down is None or stand_down()
 
     def _hand_over(self, task: Task | None) -> bool:
-        """A broadcast leased `task` to this agent while it was on standby: push it (None:
-        the broadcast failed, so claim again)."""
+        """A submit leased `task` to this agent while it was on standby: push it (None:
+        the submit failed, so claim again)."""
         if self._closed:
             return False
         self._stand_down = None  # a hand-over ends the standby

@@ -135,22 +135,20 @@ class TaskService:
         if not members:
             raise errors.NotFound(f"group {group!r} has no members")
         # The members were just read: looking each one up again would cost a query per task.
-        # Members on standby get theirs leased as it is inserted (core/standby.py).
         return await self._submit(
             [replace(template, target_kind=TargetKind.AGENT, target=a.name) for a in members],
             known_agents=frozenset(a.name for a in members),
-            hand_over=True,
         )
 
-    async def _submit(
-        self, tasks: Sequence[NewTask], known_agents: frozenset[str], hand_over: bool = False
-    ) -> list[Task]:
+    async def _submit(self, tasks: Sequence[NewTask], known_agents: frozenset[str]) -> list[Task]:
+        """Agents on standby that may take a task get it leased as it is inserted
+        (core/standby.py); the rest is queued, and whoever may take it woken."""
         if not 0 < len(tasks) <= MAX_BATCH:
             raise errors.Invalid(f"submit between 1 and {MAX_BATCH} tasks at once")
         checked = [check_new_task(t) for t in tasks]
         await self._check_targets(checked, known_agents)
         now = self._clock.now()
-        waiters = self._standby.take(checked) if hand_over else {}
+        waiters = self._standby.take(checked)
         leases = {i: (w.agent.id, now + w.lease_seconds) for i, w in waiters.items()}
         try:
             created = await self._store.add_tasks(checked, now, leases)
@@ -158,22 +156,35 @@ class TaskService:
             for waiter in waiters.values():
                 waiter.hand_over(None)  # nothing comes: they claim again
             raise
-        for i, waiter in waiters.items():
-            self._handed_over(waiter, created[i])
+        undelivered = [(w, created[i]) for i, w in waiters.items() if not self._hand(w, created[i])]
         queued = [t for i, t in enumerate(created) if i not in waiters]
         await self._bus.notify(self._wake_channels(queued))
+        for waiter, task in undelivered:
+            created[created.index(task)] = await self._give_back(waiter, task)
         return created
 
-    def _handed_over(self, waiter: Waiter, task: Task) -> None:
+    def _hand(self, waiter: Waiter, task: Task) -> bool:
         if self._on_claim is not None:
             self._on_claim(task)
-        if not waiter.hand_over(task):
-            log.info(
-                "task %d leased to %s, who left meanwhile: it waits for its lease",
-                task.id,
-                waiter.agent.name,
-                extra={"action": "hand_over", "task": task.id},
-            )
+        return waiter.hand_over(task)
+
+    async def _give_back(self, waiter: Waiter, task: Task) -> Task:
+        """The agent a task was leased to as it was inserted left meanwhile (its connection
+        closed during the insert): the task goes back to the queue now rather than when
+        its lease runs out. The submit stands whatever happens here."""
+        log.info(
+            "task %d leased to %s, who left meanwhile: queued again",
+            task.id,
+            waiter.agent.name,
+            extra={"action": "hand_over", "task": task.id},
+        )
+        try:
+            return await self.release(waiter.agent, task.id, task.attempt)
+        except errors.Error as error:  # finished or requeued meanwhile: nothing to give back
+            log.info("task %d not given back: %s", task.id, error, extra={"task": task.id})
+        except Exception:  # the database failed: the lease runs out, as for a lost delivery
+            log.exception("task %d not given back", task.id, extra={"task": task.id})
+        return task
 
     async def _check_targets(self, tasks: Sequence[NewTask], known_agents: frozenset[str]) -> None:
         """Looks up each distinct target and job once, however many tasks name it."""
@@ -277,12 +288,12 @@ class TaskService:
         self, agent: Agent, hand_over: HandOver, lease_seconds: float | None = None
     ) -> Callable[[], bool]:
         """Puts the agent on standby (core/standby.py) until the returned function is
-        called or a task is handed over: a broadcast leases the agent's task to it as it
-        inserts it and calls `hand_over` with it, instead of queueing it and waking the
-        agent. Only for an agent whose claim just found nothing, with a free slot; a
+        called or a task is handed over: a submit leases a task the agent may take to it
+        as it inserts it and calls `hand_over` with it, instead of queueing it and waking
+        the agent. Only for an agent whose claim just found nothing, with a free slot; a
         transport ends the standby whenever it is woken, before it claims again. Ending
-        it returns False when a broadcast took it: the task is on its way to `hand_over`
-        (unless the broadcast fails), so do not claim or answer empty meanwhile."""
+        it returns False when a submit took it: the task is on its way to `hand_over`
+        (unless the submit fails), so do not claim or answer empty meanwhile."""
         lease = self.lease_seconds if lease_seconds is None else lease_seconds
         return self._standby.register(Waiter(agent, lease, hand_over))
 
