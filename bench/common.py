@@ -134,6 +134,23 @@ class Counts:
         rows = await self.query("SELECT count(*) FROM tasks WHERE status = ?", status)
         return int(rows[0][0])
 
+    async def wait_settled(self, completed: int, timeout: float) -> float:
+        """Polls until no task is queued or running, then checks that `completed` tasks
+        completed; returns the time.monotonic() it saw the queue settle. Each poll is one
+        index lookup: counting completed rows every 10 ms would cost the bench a growing
+        share of the machine it is measuring (Celery's check, a key count, costs nothing)."""
+        deadline = time.monotonic() + timeout
+        busy = "SELECT 1 FROM tasks WHERE status IN ('queued', 'active') LIMIT 1"
+        while await self.query(busy):
+            if time.monotonic() > deadline:
+                seen = await self.status("completed")
+                raise TimeoutError(f"{seen} of {completed} tasks completed after {timeout:.0f} s")
+            await asyncio.sleep(0.01)
+        settled = time.monotonic()
+        if (seen := await self.status("completed")) != completed:
+            raise RuntimeError(f"{seen} tasks completed, {completed} expected")
+        return settled
+
     async def wait_status(self, status: str, count: int, timeout: float) -> float:
         """Polls until `count` tasks have `status`; returns the time.monotonic() it saw it."""
         deadline = time.monotonic() + timeout

@@ -111,7 +111,7 @@ async def _taskfleet(ctx: Context, backend: str, sz: Size) -> float | None:
                 started = time.monotonic()
                 await submit_batches(client, sz.tasks, sz.batch, NOOP)
                 submitted = time.monotonic() - started
-                ended = await counts.wait_status("completed", warm + sz.tasks, 1800)
+                ended = await counts.wait_settled(warm + sz.tasks, 1800)
         failed = await counts.status("failed")
     finally:
         await counts.close()

@@ -46,7 +46,8 @@ BLACKLIST_THRESHOLD = 3
 
 
 def task_channel(task_id: int) -> str:
-    """Bus channel woken whenever the task changes state."""
+    """Bus channel woken when the task may have ended (`wait` listens there); its claim
+    does not wake it."""
     return f"task:{task_id}"
 
 
@@ -280,8 +281,8 @@ class TaskService:
             log.debug("claimed", extra={"action": "claim_task", "task": task.id})
             if self._on_claim is not None:
                 self._on_claim(task)
-        if tasks:
-            await self._bus.notify([task_channel(t.id) for t in tasks])
+        # No notification on the tasks' channels: only `wait` listens there, for a task's
+        # end; on PostgreSQL each would cost a NOTIFY.
         return tasks
 
     def standby(
