@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from taskfleet.agent.outbox import Outbox
-from taskfleet.agent.spool import Spool, SpoolBusy
+from taskfleet.agent.spool import SCHEMA, Spool, SpoolBusy
 from taskfleet.agent.transports import AuthFailed, Offline, Reply
 
 
@@ -77,6 +78,30 @@ def test_progress_coalesces_to_the_newest(tmp_path: Path) -> None:
     assert [e.params["percent"] for e in spool.pending()] == [30]
     assert len(spool) == 1
     spool.close()
+
+
+def test_a_spool_of_an_older_agent_keeps_its_reports_and_gets_the_partial_index(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "s.db"
+    old = sqlite3.connect(path)
+    old.executescript(SCHEMA.split("DROP INDEX")[0])
+    old.execute("CREATE INDEX ix_reports_coalesce ON reports (coalesce_key)")
+    old.execute(
+        "INSERT INTO reports (method, params, task_id, attempt, coalesce_key) "
+        "VALUES ('task_status', '{\"state\":\"running\",\"percent\":5}', 1, 1, 'p:1:1')"
+    )
+    old.commit()
+    old.close()
+    spool = Spool(path)
+    spool.add("task_status", {"state": "running", "percent": 9}, 1, 1, "p:1:1")
+    assert [e.params["percent"] for e in spool.pending()] == [9]  # still coalesces
+    spool.close()
+    indexes = sqlite3.connect(path).execute(
+        "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'reports'"
+    )
+    ((name, sql),) = indexes.fetchall()
+    assert name == "ix_reports_coalescing" and "WHERE coalesce_key IS NOT NULL" in sql
 
 
 async def _flush(outbox: Outbox, session: Session) -> None:

@@ -29,8 +29,13 @@ CREATE TABLE IF NOT EXISTS reports (
     attempt INTEGER,
     coalesce_key TEXT
 );
-CREATE INDEX IF NOT EXISTS ix_reports_coalesce ON reports (coalesce_key);
+DROP INDEX IF EXISTS ix_reports_coalesce;
+CREATE INDEX IF NOT EXISTS ix_reports_coalescing ON reports (coalesce_key)
+    WHERE coalesce_key IS NOT NULL;
 """
+# Partial: only progress reports coalesce, and every other report (a task's result, its
+# logs) then costs no index write when it is spooled or removed. Spools written before
+# had the full index, which is dropped.
 
 
 @dataclass(frozen=True, slots=True)
