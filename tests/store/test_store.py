@@ -30,6 +30,7 @@ from taskfleet.core.models import (
 )
 from taskfleet.services import Services, wire
 from taskfleet.store import tables
+from taskfleet.store.base import InsertMany
 from taskfleet.store.sql import SqlStore, open_store
 
 NOW = 1_700_000_000.0
@@ -904,10 +905,16 @@ async def test_finish_tasks_answers_each_outcome_on_its_own(store: SqlStore) -> 
 async def test_hot_statements_read_and_write_what_sqlalchemy_does(
     store: SqlStore, value: object
 ) -> None:
-    # The lease and the outcome run on SQLite's driver directly (store/base.py Prepared):
-    # the task they return, and what they store, must be what every other query sees.
+    # A lone insert, the lease and the outcome run on SQLite's driver directly
+    # (store/base.py Prepared): the task they return, and what they store, must be what
+    # every other query sees, and what a batch insert (through SQLAlchemy) stores.
     agent = await make_agent(store, "a1")
     (queued,) = await queue(store, NewTask(type="t", payload=value))
+    assert queued == await store.get_task(queued.id) and queued.payload == value
+    batch = await queue(store, *[NewTask(type="t", payload=value)] * 2)
+    assert [t.payload for t in batch] == [value, value]
+    for task in batch:
+        await store.request_cancel(task.id, NOW)  # out of the claim's way
     claimed = await claim_one(store, agent)
     assert claimed == await store.get_task(queued.id)
     assert claimed.payload == value
@@ -918,3 +925,21 @@ async def test_hot_statements_read_and_write_what_sqlalchemy_does(
         value,
         100.0,
     )
+
+
+async def test_a_batch_comes_back_in_the_order_given_across_statements(
+    store: SqlStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # On SQLite a batch goes in as multi-row statements of `InsertMany.CHUNK` rows, the
+    # rows coming back sorted by id (store/base.py): every task must be the one asked for,
+    # as any other query reads it.
+    monkeypatch.setattr(InsertMany, "CHUNK", 3)
+    asked = [
+        NewTask(type=f"t{n}", payload={"n": n} if n % 2 else [n], priority=n % 3) for n in range(7)
+    ]
+    created = await queue(store, *asked)
+    assert [(t.type, t.payload, t.priority) for t in created] == [
+        (t.type, t.payload, t.priority) for t in asked
+    ]
+    assert [t.id for t in created] == sorted(t.id for t in created)
+    assert created == [await store.get_task(t.id) for t in created]

@@ -11,10 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import sqlite3
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, CursorResult, Engine, Executable, Row, exc
+from sqlalchemy import Connection, CursorResult, Engine, Executable, Row, Select, Table, exc
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.dml import UpdateBase
@@ -53,7 +54,7 @@ class Prepared:
     (module constants), with no expanding (IN-list) parameters.
     """
 
-    def __init__(self, statement: UpdateBase) -> None:
+    def __init__(self, statement: UpdateBase | Select[Any]) -> None:
         self._compiled = compiled = statement.compile(dialect=SQLITE)
         self.sql = str(compiled)
         self._keys = tuple(compiled.positiontup or ())
@@ -72,12 +73,73 @@ class Prepared:
         values = [full[k] for k in self._keys]
         for i, process in self._bind:
             values[i] = process(values[i])
+        try:
+            fetched = driver.execute(self.sql, values).fetchall()
+        except sqlite3.Error as error:  # as SQLAlchemy raises it, for `Base._write` to map
+            raise exc.DBAPIError.instance(self.sql, values, error, sqlite3.Error) from error
         found = []
-        for raw in driver.execute(self.sql, values).fetchall():
+        for raw in fetched:
             row = list(raw)
             for i, process in self._result:
                 row[i] = process(row[i])
             found.append(dict(zip(self._names, row, strict=True)))
+        return found
+
+
+class InsertMany:
+    """Rows inserted into a table by multi-row VALUES statements on SQLite's driver, and
+    returned whole, in the order given.
+
+    SQLAlchemy inserts such rows on SQLite one statement per row, because SQLite does
+    not promise the order of the rows RETURNING gives: about 50 us a row, 25 ms for a
+    batch of 500 submitted tasks, during which the server serves nobody else. Here a
+    statement inserts up to `CHUNK` rows, and the rows come back sorted by id: under the
+    write lock each new row's id is one more than the largest (no AUTOINCREMENT gaps
+    to skip, and ids nowhere near their limit), and SQLite inserts VALUES in order, so
+    ascending ids are the order given. Values go through the columns' own processors, as
+    in `Prepared`.
+    """
+
+    CHUNK = 500  #: rows per statement: 500 x 18 columns stays far below SQLite's 32,766
+
+    def __init__(self, table: Table, keys: Sequence[str]) -> None:
+        quote = SQLITE.identifier_preparer.quote
+        self._keys = tuple(keys)
+        self._bind = [
+            (i, f) for i, k in enumerate(self._keys) if (f := _processor(table.c[k].type))
+        ]
+        columns = list(table.columns)
+        self._names = tuple(str(c.key) for c in columns)
+        self._id = self._names.index("id")
+        self._result = [
+            (i, f)
+            for i, c in enumerate(columns)
+            if (f := c.type.dialect_impl(SQLITE).result_processor(SQLITE, None)) is not None
+        ]
+        self._head = f"INSERT INTO {quote(table.name)} ({', '.join(map(quote, keys))}) VALUES "
+        self._values = "(" + ", ".join("?" * len(self._keys)) + ")"
+        self._tail = " RETURNING " + ", ".join(quote(c.name) for c in columns)
+
+    def rows(self, driver: Any, params: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = []
+        for start in range(0, len(params), self.CHUNK):
+            chunk = params[start : start + self.CHUNK]
+            values: list[Any] = []
+            for row in chunk:
+                one = [row[k] for k in self._keys]
+                for i, process in self._bind:
+                    one[i] = process(one[i])
+                values += one
+            sql = self._head + ",".join([self._values] * len(chunk)) + self._tail
+            try:
+                fetched = driver.execute(sql, values).fetchall()
+            except sqlite3.Error as error:  # as in `Prepared.rows`
+                raise exc.DBAPIError.instance(sql, values, error, sqlite3.Error) from error
+            for raw in sorted(fetched, key=lambda r: r[self._id]):
+                out = list(raw)
+                for i, process in self._result:
+                    out[i] = process(out[i])
+                found.append(dict(zip(self._names, out, strict=True)))
         return found
 
 
@@ -99,7 +161,7 @@ class Conn:
         self._conn = conn
 
     async def rows(
-        self, statement: UpdateBase, params: dict[str, Any]
+        self, statement: UpdateBase | Select[Any], params: dict[str, Any]
     ) -> Sequence[Mapping[Any, Any]]:
         """The rows a hot statement returns, as mappings by column name: on SQLite run on
         the driver directly (`Prepared`)."""
@@ -107,6 +169,15 @@ class Conn:
             result = await self._conn.execute(statement, params)
             return [row._mapping for row in result]
         return _prepared(statement).rows(self._conn.connection.driver_connection, params)
+
+    async def insert_many(
+        self, inserter: InsertMany, statement: UpdateBase, rows: list[dict[str, Any]]
+    ) -> Sequence[Mapping[Any, Any]]:
+        """The rows inserted, in the order given: on SQLite by `inserter` on the driver,
+        elsewhere by `statement` (an INSERT returning its rows in parameter order)."""
+        if isinstance(self._conn, AsyncConnection):
+            return [row._mapping for row in await self._conn.execute(statement, rows)]
+        return inserter.rows(self._conn.connection.driver_connection, rows)
 
     async def execute(self, statement: Executable, parameters: Params = None) -> CursorResult[Any]:
         if isinstance(self._conn, AsyncConnection):
@@ -230,16 +301,21 @@ def to_agent(found: Row[Any], groups: tuple[str, ...] = ()) -> Agent:
     )
 
 
+#: A dict lookup, where calling the enum costs a microsecond: every task read goes by here.
+_KINDS = {kind.value: kind for kind in TargetKind}
+_STATUSES = {status.value: status for status in TaskStatus}
+
+
 def to_task(found: Row[Any] | Mapping[Any, Any]) -> Task:
     row = found._mapping if isinstance(found, Row) else found  # by key, as in `to_agent`
     return Task(
         id=row["id"],
         type=row["type"],
         payload=row["payload"],
-        target_kind=TargetKind(row["target_kind"]),
+        target_kind=_KINDS[row["target_kind"]],
         target=row["target"],
         priority=row["priority"],
-        status=TaskStatus(row["status"]),
+        status=_STATUSES[row["status"]],
         attempt=row["attempt"],
         max_attempts=row["max_attempts"],
         lease_owner=row["lease_owner"],

@@ -75,33 +75,36 @@ def _tags_subset(count: int) -> ColumnElement[bool]:
     return rest == ","
 
 
-def _arm(kind: TargetKind, condition: ColumnElement[bool], typed: bool, lock: bool) -> Select[Any]:
+def _arm(kind: TargetKind, condition: ColumnElement[bool], types: int, lock: bool) -> Select[Any]:
     """The best queued task of one kind of target: the first row of its index that passes.
     `lock` skips and locks rows (PostgreSQL's concurrent claimers each take another)."""
     stmt = select(tasks.c.id, tasks.c.job_priority, tasks.c.priority).where(
         QUEUED, tasks.c.target_kind == kind.value, condition, RUNNABLE
     )
-    if typed:
-        stmt = stmt.where(tasks.c.type.in_(bindparam("types", expanding=True)))
+    if types:
+        stmt = stmt.where(tasks.c.type.in_([bindparam(f"type{i}") for i in range(types)]))
     stmt = stmt.order_by(*ORDER).limit(COUNT)
     return stmt.with_for_update(skip_locked=True) if lock else stmt
 
 
 @functools.cache
-def best_statement(groups: int, tags: int, typed: bool, lock: bool) -> Select[Any]:
+def best_statement(groups: int, tags: int, types: int, lock: bool) -> Select[Any]:
     """The ids of the `:count` best queued tasks for an agent in `groups` groups with `tags`
     tags, in one statement: one arm per kind of target (`:agent_name`, any, `:group0`…,
-    tags `:tag0`…), the best of their few rows. `typed` limits it to the agent's `:types`."""
+    tags `:tag0`…), the best of their few rows. `types` (if any) limits it to the agent's
+    task types `:type0`…: a parameter each rather than one expanding list, which
+    SQLAlchemy would render again at every execution and the driver could not be given
+    directly (store/base.py `Prepared`)."""
     arms = [
-        _arm(TargetKind.AGENT, tasks.c.target == bindparam("agent_name"), typed, lock),
-        _arm(TargetKind.ANY, true(), typed, lock),
+        _arm(TargetKind.AGENT, tasks.c.target == bindparam("agent_name"), types, lock),
+        _arm(TargetKind.ANY, true(), types, lock),
         *(
-            _arm(TargetKind.GROUP, tasks.c.target == bindparam(f"group{i}"), typed, lock)
+            _arm(TargetKind.GROUP, tasks.c.target == bindparam(f"group{i}"), types, lock)
             for i in range(groups)
         ),
     ]
     if tags:
-        arms.append(_arm(TargetKind.TAGS, _tags_subset(tags), typed, lock))
+        arms.append(_arm(TargetKind.TAGS, _tags_subset(tags), types, lock))
     # Each arm is a subquery of its own, so that it keeps its ORDER BY, LIMIT and lock.
     subqueries = [arm.subquery(f"arm{i}") for i, arm in enumerate(arms)]
     best = union_all(*(select(q.c.id, q.c.job_priority, q.c.priority) for q in subqueries))
@@ -110,23 +113,22 @@ def best_statement(groups: int, tags: int, typed: bool, lock: bool) -> Select[An
     return select(rows.c.id).order_by(*order).limit(COUNT)
 
 
-def _shape_and_params(agent: Agent) -> tuple[tuple[int, int, bool], dict[str, Any]]:
-    """The agent's shape (groups, tags, typed), which picks a statement, and the
+def _shape_and_params(agent: Agent) -> tuple[tuple[int, int, int], dict[str, Any]]:
+    """The agent's shape (groups, tags, task types), which picks a statement, and the
     parameters that fill it in."""
     tags = sorted(set(agent.tags))
     params: dict[str, Any] = {"agent_id": agent.id, "agent_name": agent.name}
     params.update({f"group{i}": group for i, group in enumerate(agent.groups)})
     params.update({f"tag{i}": f",{tag}," for i, tag in enumerate(tags)})
-    if agent.task_types:
-        params["types"] = list(agent.task_types)
-    return (len(agent.groups), len(tags), bool(agent.task_types)), params
+    params.update({f"type{i}": kind for i, kind in enumerate(agent.task_types)})
+    return (len(agent.groups), len(tags), len(agent.task_types)), params
 
 
 async def best_queued(conn: Conn, agent: Agent, count: int = 1) -> list[int]:
     """The ids of the `count` queued tasks the agent should take next, best first."""
     shape, params = _shape_and_params(agent)
-    statement = best_statement(*shape, False)
-    return list((await conn.execute(statement, {**params, "count": count})).scalars())
+    rows = await conn.rows(best_statement(*shape, False), {**params, "count": count})
+    return [row["id"] for row in rows]
 
 
 def take_best_for(agent: Agent, count: int, one: bool = False) -> tuple[Update, dict[str, Any]]:
@@ -136,14 +138,14 @@ def take_best_for(agent: Agent, count: int, one: bool = False) -> tuple[Update, 
 
 
 @functools.cache
-def take_best(groups: int, tags: int, typed: bool, one: bool = False) -> Update:
+def take_best(groups: int, tags: int, types: int, one: bool = False) -> Update:
     """The whole claim in one statement: leases the `:count` best queued tasks for an
     agent of this shape (several for its free slots), on PostgreSQL locking only the rows
     it looks at (`best_statement`); SQLite, which has no row locks, runs it under its
     write lock. The rows come back in no particular order. `one` (for SQLite, `:count`
     1) compares the id with a scalar subquery: with `IN`, SQLite's planner walks the
     queue by status instead of looking the id up."""
-    best = best_statement(groups, tags, typed, True)
+    best = best_statement(groups, tags, types, True)
     if one:
         return TAKE.where(tasks.c.id == best.scalar_subquery())
     return TAKE.where(tasks.c.id.in_(best))

@@ -40,7 +40,7 @@ from taskfleet.core.models import (
     TaskFilter,
     TaskStatus,
 )
-from taskfleet.store.base import Base, Conn, task_row, to_task
+from taskfleet.store.base import Base, Conn, InsertMany, task_row, to_task
 from taskfleet.store.jobs import forget_failures
 from taskfleet.store.queue import QUEUED, TAKE_CHOSEN, best_queued, take_best_for
 from taskfleet.store.tables import jobs, task_logs, task_outputs, tasks
@@ -53,6 +53,14 @@ REAP_BATCH = 500
 # parameters: building SQLAlchemy constructs per call cost more than running them.
 GET = select(tasks).where(tasks.c.id == bindparam("task_id"))
 INSERT = insert(tasks).returning(tasks, sort_by_parameter_order=True)
+#: `INSERT` of one task, with the columns `task_row` gives as named parameters: the shape
+#: `Conn.rows` runs on SQLite's driver directly (a lone submit, on the way to an agent).
+INSERT_MANY = InsertMany(tasks, list(task_row(NewTask(type=""), 0.0)))
+INSERT_ONE = (
+    insert(tasks)
+    .values({key: bindparam(key) for key in task_row(NewTask(type=""), 0.0)})
+    .returning(tasks)
+)
 #: Off the partial queue index: a scan in id order would walk every finished task first.
 ANY_QUEUED = select(tasks.c.id).where(QUEUED).limit(1)
 #: The attempt is the current one: only it may report.
@@ -138,11 +146,12 @@ class TaskQueries(Base):
     ) -> list[Task]:
         leases = leases or {}
         rows = [task_row(t, now, leases.get(i)) for i, t in enumerate(new)]
-        # One task is one INSERT; more may take several statements (insertmanyvalues
-        # batches), which must commit all or none.
-        async with self._write(one_statement=len(rows) == 1) as conn:
-            result = await conn.execute(INSERT, rows[0] if len(rows) == 1 else rows)
-            return [to_task(r) for r in result]
+        if len(rows) == 1:  # one INSERT: a transaction of its own
+            async with self._write(one_statement=True) as conn:
+                return [to_task(r) for r in await conn.rows(INSERT_ONE, rows[0])]
+        # More may take several statements, which must commit all or none.
+        async with self._write() as conn:
+            return [to_task(r) for r in await conn.insert_many(INSERT_MANY, INSERT, rows)]
 
     async def get_task(self, task_id: int) -> Task | None:
         async with self._read() as conn:
@@ -179,8 +188,8 @@ class TaskQueries(Base):
             statement, params = take_best_for(agent, 1, one=self.sqlite)
             async with self._write(one_statement=True) as conn:
                 lease = _lease(agent, now, lease_seconds)
-                row = (await conn.execute(statement, {**params, **lease})).first()
-            return [None if row is None else to_task(row)]
+                found = await conn.rows(statement, {**params, **lease})
+            return [to_task(found[0]) if found else None]
         taken: list[Task | None] = [None] * len(claims)
         hopeful = {agent.id for agent, _ in claims}  #: agents that may find more
         # One statement per run of claims of one agent (its free slots), which on
