@@ -7,7 +7,9 @@ import time
 
 import httpx
 import pytest
+from pydantic import TypeAdapter
 
+from taskfleet.api.schemas import TaskOut
 from tests.api.conftest import Live, assert_problem, claim, parked, submit
 
 
@@ -28,6 +30,17 @@ async def test_submit_one_and_show(live: Live, admin: httpx.AsyncClient) -> None
     assert shown.json() == task
     # On disk before the API answered: the engine reads it back.
     assert (await live.services.tasks.get(task["id"])).payload == {"say": "hi"}
+
+
+async def test_a_task_answer_has_the_types_its_schema_promises(
+    live: Live, admin: httpx.AsyncClient
+) -> None:
+    # Task answers are built without validation (`TaskOut.of`): read one back strictly.
+    body = {"type": "t", "payload": [1.5, None], "timeout_seconds": 30}
+    answer = await admin.post("/api/v1/tasks", json=body)
+    (task,) = TypeAdapter(list[TaskOut]).validate_json(answer.text, strict=True)
+    shown = await admin.get(f"/api/v1/tasks/{task.id}")
+    assert TaskOut.model_validate_json(shown.text, strict=True) == task
 
 
 async def test_submit_targets(live: Live, admin: httpx.AsyncClient) -> None:
