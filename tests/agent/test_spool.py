@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from taskfleet.agent import spool as spool_module
 from taskfleet.agent.outbox import Outbox
 from taskfleet.agent.spool import SCHEMA, Spool, SpoolBusy
 from taskfleet.agent.transports import AuthFailed, Offline, Reply
@@ -68,6 +69,32 @@ def test_reports_survive_a_reopen_in_order(tmp_path: Path) -> None:
         ("task_status", {"state": "complete", "result": [1]}),
     ]
     assert spool.has_final(1, 1) and not spool.has_final(1, 2)
+    spool.close()
+
+
+@pytest.mark.parametrize("fresh_limit", [1000, 2])
+def test_pending_reads_old_and_new_reports_in_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh_limit: int
+) -> None:
+    # Reports of this process come from memory, an earlier one's from the file, and
+    # beyond `FRESH_LIMIT` from the file again: the order and the content are the same.
+    monkeypatch.setattr(spool_module, "FRESH_LIMIT", fresh_limit)
+    spool = Spool(tmp_path / "s.db")
+    spool.add("log", {"text": "old"}, 1, 1)
+    spool.close()
+    spool = Spool(tmp_path / "s.db")
+    for n in range(4):
+        spool.add("log", {"text": f"new{n}"}, 1, 1)
+    spool.add("task_status", {"state": "running", "percent": 1}, 1, 1, "p:1:1")
+    spool.add("task_status", {"state": "running", "percent": 2}, 1, 1, "p:1:1")
+    texts = [e.params.get("text", e.params.get("percent")) for e in spool.pending()]
+    assert texts == ["old", "new0", "new1", "new2", "new3", 2]
+    entries = spool.pending()
+    assert [e.id for e in spool.pending(entries[2].id, 2)] == [e.id for e in entries[3:5]]
+    spool.remove(entries[1].id, entries[3].id)
+    expected = [entries[2].id, *(e.id for e in entries[4:])]
+    assert [e.id for e in spool.pending(entries[0].id)] == expected
+    assert len(spool) == 4
     spool.close()
 
 

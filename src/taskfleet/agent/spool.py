@@ -38,6 +38,11 @@ CREATE INDEX IF NOT EXISTS ix_reports_coalescing ON reports (coalesce_key)
 # had the full index, which is dropped.
 
 
+#: Reports kept in memory as well, at most (beyond, while the server is away, they are
+#: read back from the file).
+FRESH_LIMIT = 1000
+
+
 @dataclass(frozen=True, slots=True)
 class Entry:
     """One report waiting for the server: a protocol method and its params."""
@@ -73,6 +78,13 @@ class Spool:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
         self._count = int(self._db.execute("SELECT COUNT(*) FROM reports").fetchone()[0])
+        #: Reports written by this process, by id (ascending): they are read back from
+        #: here, not decoded again from the file. Those of an earlier process, up to
+        #: `_before`, are read from the file.
+        self._fresh: dict[int, Entry] = {}
+        self._before = int(
+            self._db.execute("SELECT COALESCE(MAX(id), 0) FROM reports").fetchone()[0]
+        )
 
     def __len__(self) -> int:
         return self._count
@@ -93,22 +105,38 @@ class Spool:
             raise ReportTooLarge(f"this {method} report is over {max_bytes} bytes of JSON")
         with self._db:
             self._db.execute("BEGIN IMMEDIATE")
+            gone: list[tuple[int]] = []
             if coalesce_key is not None:
                 gone = self._db.execute(
-                    "DELETE FROM reports WHERE coalesce_key = ?", (coalesce_key,)
-                ).rowcount
-                self._count -= gone
+                    "DELETE FROM reports WHERE coalesce_key = ? RETURNING id", (coalesce_key,)
+                ).fetchall()
             cursor = self._db.execute(
                 "INSERT INTO reports (method, params, task_id, attempt, coalesce_key) "
                 "VALUES (?, ?, ?, ?, ?)",
                 (method, body, task_id, attempt, coalesce_key),
             )
-        self._count += 1
+        for (old,) in gone:
+            self._fresh.pop(old, None)
+        self._count += 1 - len(gone)
         assert cursor.lastrowid is not None
-        return Entry(cursor.lastrowid, method, params, task_id, attempt)
+        entry = Entry(cursor.lastrowid, method, params, task_id, attempt)
+        if len(self._fresh) < FRESH_LIMIT:
+            self._fresh[entry.id] = entry
+        else:  # a long time offline: read what is waiting from the file, not from memory
+            self._fresh.clear()
+            self._before = entry.id
+        return entry
 
     def pending(self, after: int = 0, limit: int = 100) -> list[Entry]:
         """Waiting reports with an id above `after`, oldest first."""
+        if after >= self._before:  # all written by this process: no need to read them
+            found = []
+            for entry_id, entry in self._fresh.items():
+                if entry_id > after:
+                    found.append(entry)
+                    if len(found) == limit:
+                        break
+            return found
         rows = self._db.execute(
             "SELECT id, method, params, task_id, attempt FROM reports WHERE id > ? "
             "ORDER BY id LIMIT ?",
@@ -121,6 +149,8 @@ class Spool:
         marks = ",".join("?" * len(entry_ids))
         deleted = self._db.execute(f"DELETE FROM reports WHERE id IN ({marks})", entry_ids)
         self._count -= deleted.rowcount
+        for entry_id in entry_ids:
+            self._fresh.pop(entry_id, None)
 
     def has_final(self, task_id: int, attempt: int) -> bool:
         """Whether the outcome of this attempt is waiting to be sent."""
