@@ -162,9 +162,18 @@ def fatal(message: str) -> str:
     return _dump({"version": VERSION, "fatal_error": message})
 
 
+#: Event-loop turns a `Writer` lets pass before it writes, so that what they produce goes
+#: in the same message: on the server the answer to a result and the task that refills
+#: the freed slot, on a busy agent a task's acknowledgement and its result. In the
+#: throughput bench the server reads a fifth fewer messages per task; on an idle loop
+#: the wait is a few microseconds.
+COALESCE_TURNS = 2
+
+
 class Writer:
-    """Sends one side's messages in order; those put within one event-loop iteration go
-    out together, as one array message, once the peer has said it reads arrays.
+    """Sends one side's messages in order; those put within a few event-loop iterations
+    (`COALESCE_TURNS`) go out together, as one array message, once the peer has said it
+    reads arrays.
 
     `put` never waits: a background task (alive only while there is something to send)
     does the writing. A send that fails ends the writing, and the next `put` or `flush`
@@ -203,6 +212,8 @@ class Writer:
 
     async def _write(self) -> None:
         try:
+            for _ in range(COALESCE_TURNS):
+                await asyncio.sleep(0)
             while self._queue:
                 if not self.batch:
                     await self._send(self._queue.pop(0))
