@@ -6,7 +6,7 @@ for the next caller. Run against SQLite and PostgreSQL (`store` is parametrized)
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import insert
+from sqlalchemy import func, insert, select
 
 from taskfleet.core import errors
 from taskfleet.core.models import NewTask, TaskFilter, TaskStatus
@@ -57,3 +57,22 @@ async def test_a_transaction_after_a_lone_statement_still_rolls_back(store: SqlS
             await conn.execute(insert(tables.tasks).values(task_row(NewTask(type="gone"), NOW)))
             raise RuntimeError("half-way through a transaction")
     assert [t.type for t in await store.list_tasks(TaskFilter(limit=10))] == ["kept"]
+
+
+async def test_reads_on_postgresql_are_statements_of_their_own(postgres_url: str) -> None:
+    """A read sends no BEGIN: each statement is its own transaction, with a snapshot and
+    a clock of its own (inside one transaction `now()` would stand still)."""
+    store = await open_store(postgres_url)
+    try:
+        async with store._read() as conn:
+            first = (await conn.execute(select(func.now()))).scalar_one()
+            second = (await conn.execute(select(func.now()))).scalar_one()
+        assert second > first
+        # The pool hands the connection out again: writes must still be transactions.
+        with pytest.raises(RuntimeError):
+            async with store._write() as conn:
+                await conn.execute(insert(tables.tasks).values(task_row(NewTask(type="g"), NOW)))
+                raise RuntimeError("half-way through a transaction")
+        assert await store.list_tasks(TaskFilter(limit=10)) == []
+    finally:
+        await store.close()

@@ -173,10 +173,18 @@ class Base:
 
     @contextlib.asynccontextmanager
     async def _read(self) -> AsyncIterator[Conn]:
+        """A connection for reads only.
+
+        On PostgreSQL in autocommit: each statement its own implicit transaction, without
+        the BEGIN and ROLLBACK that were two of a read's three round trips. A read
+        transaction bought nothing: under READ COMMITTED every statement takes a snapshot
+        of its own anyway, and no read holds locks or a cursor across statements. The
+        pool resets the isolation level when the connection goes back (`_autocommit`).
+        """
         try:
             if isinstance(self.engine, AsyncEngine):
-                async with self.engine.connect() as aconn:
-                    yield Conn(aconn)
+                async with self._autocommit() as conn:
+                    yield conn
             else:
                 with self.engine.connect() as conn:
                     conn.execution_options(sqlite_begin="DEFERRED")
