@@ -150,8 +150,9 @@ class TaskQueries(Base):
 
     @staticmethod
     async def _get(conn: Conn, task_id: int) -> Task | None:
-        row = (await conn.execute(GET, {"task_id": task_id})).first()
-        return None if row is None else to_task(row)
+        for row in await conn.rows(GET, {"task_id": task_id}):
+            return to_task(row)
+        return None
 
     async def list_tasks(self, query: TaskFilter) -> list[Task]:
         async with self._read() as conn:
