@@ -14,7 +14,7 @@ from sqlalchemy import bindparam, exc, insert, select
 from taskfleet.core import errors
 from taskfleet.core.models import NewTask, TaskFilter, TaskStatus
 from taskfleet.store import tables
-from taskfleet.store.base import Conn
+from taskfleet.store.base import Conn, to_task
 from taskfleet.store.sql import SqlStore, open_store
 from taskfleet.store.tasks import FINISH, GET
 
@@ -60,6 +60,7 @@ async def test_direct_rows_are_what_sqlalchemy_reads_and_writes(
     async with pg_store._read() as conn:
         direct = await conn.rows(GET, {"task_id": task.id})
         assert direct == await _via_sqlalchemy(conn, GET, {"task_id": task.id})
+    assert to_task(direct[0]) == claimed  # what the claim (direct too) returned
     assert direct[0]["payload"] == value and direct[0]["result"] is None  # NULL
     assert direct[0]["timeout_seconds"] == 1.25 and direct[0]["lease_expires"] == NOW + 60.5
     params = {

@@ -180,8 +180,8 @@ class TaskQueries(Base):
             statement, params = take_best_for(agent, 1, one=self.sqlite)
             async with self._write(one_statement=True) as conn:
                 lease = _lease(agent, now, lease_seconds)
-                row = (await conn.execute(statement, {**params, **lease})).first()
-            return [None if row is None else to_task(row)]
+                found = await conn.rows(statement, {**params, **lease})
+            return [to_task(found[0]) if found else None]
         taken: list[Task | None] = [None] * len(claims)
         hopeful = {agent.id for agent, _ in claims}  #: agents that may find more
         # One statement per run of claims of one agent (its free slots), which on
@@ -201,7 +201,7 @@ class TaskQueries(Base):
                     ]
                 else:
                     statement, params = take_best_for(agent, len(places))
-                    rows = (await conn.execute(statement, {**params, **lease})).all()
+                    rows = await conn.rows(statement, {**params, **lease})
                 if len(rows) < len(places):
                     hopeful.discard(agent.id)  # nothing more for it in this transaction
                 for place, task in zip(
