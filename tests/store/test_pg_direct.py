@@ -55,6 +55,8 @@ async def test_direct_rows_are_what_sqlalchemy_reads_and_writes(
     (task,) = await pg_store.add_tasks(
         [NewTask(type="t", payload=value, timeout_seconds=1.25)], NOW
     )
+    async with pg_store._read() as conn:  # what the insert (direct) returned
+        assert [task] == [to_task(r) for r in await conn.execute(GET, {"task_id": task.id})]
     claimed = await pg_store.claim_task(agent, NOW + 0.5, 60.0)
     assert claimed is not None
     async with pg_store._read() as conn:

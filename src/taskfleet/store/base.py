@@ -179,7 +179,14 @@ class Conn:
             return [row._mapping for row in await self.execute(statement, params)]
         if isinstance(self._conn, AsyncConnection):
             return await self._pg_rows(statement, params)
-        return _prepared(statement).rows(self._conn.connection.driver_connection, params)
+        prepared = _prepared(statement)
+        try:
+            return prepared.rows(self._conn.connection.driver_connection, params)
+        except Exception as error:  # as SQLAlchemy raises it (sqlite3's IntegrityError is
+            dbapi = self._conn.dialect.loaded_dbapi  # its exc.IntegrityError, ...)
+            raise exc.DBAPIError.instance(
+                prepared.sql, params, error, dbapi.Error, dialect=self._conn.dialect
+            ) from error
 
     async def _pg_rows(self, statement: Hot, params: dict[str, Any]) -> list[dict[str, Any]]:
         """`PgPrepared` inside SQLAlchemy's transaction on this connection, with errors

@@ -53,6 +53,12 @@ REAP_BATCH = 500
 # parameters: building SQLAlchemy constructs per call cost more than running them.
 GET = select(tasks).where(tasks.c.id == bindparam("task_id"))
 INSERT = insert(tasks).returning(tasks, sort_by_parameter_order=True)
+#: `INSERT` of one task, every column of `task_row` a parameter (`Conn.rows` runs it).
+INSERT_ONE = (
+    insert(tasks)
+    .values({key: bindparam(key, type_=tasks.c[key].type) for key in task_row(NewTask(type=""), 0)})
+    .returning(tasks)
+)
 #: Off the partial queue index: a scan in id order would walk every finished task first.
 ANY_QUEUED = select(tasks.c.id).where(QUEUED).limit(1)
 #: The attempt is the current one: only it may report.
@@ -138,11 +144,13 @@ class TaskQueries(Base):
     ) -> list[Task]:
         leases = leases or {}
         rows = [task_row(t, now, leases.get(i)) for i, t in enumerate(new)]
-        # One task is one INSERT; more may take several statements (insertmanyvalues
-        # batches), which must commit all or none.
-        async with self._write(one_statement=len(rows) == 1) as conn:
-            result = await conn.execute(INSERT, rows[0] if len(rows) == 1 else rows)
-            return [to_task(r) for r in result]
+        if len(rows) == 1:  # one INSERT, a transaction of its own
+            async with self._write(one_statement=True) as conn:
+                return [to_task(r) for r in await conn.rows(INSERT_ONE, rows[0])]
+        # More may take several statements (insertmanyvalues batches), which must commit
+        # all or none.
+        async with self._write() as conn:
+            return [to_task(r) for r in await conn.execute(INSERT, rows)]
 
     async def get_task(self, task_id: int) -> Task | None:
         async with self._read() as conn:
