@@ -5,6 +5,7 @@ transaction SQLAlchemy's connection is in."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -14,7 +15,8 @@ from sqlalchemy import bindparam, exc, insert, select
 from taskfleet.core import errors
 from taskfleet.core.models import NewTask, TaskFilter, TaskStatus
 from taskfleet.store import tables
-from taskfleet.store.base import Conn, to_task
+from taskfleet.store.base import Conn, _expanding, to_task
+from taskfleet.store.queue import take_best_for
 from taskfleet.store.sql import SqlStore, open_store
 from taskfleet.store.tasks import FINISH, GET
 
@@ -132,3 +134,15 @@ async def test_an_expanding_parameter_goes_through_sqlalchemy(pg_store: SqlStore
     async with pg_store._read() as conn:
         assert await conn.rows(by_ids, {"ids": [task.id, task.id + 1]}) == [{"id": task.id}]
     assert await pg_store.list_tasks(TaskFilter(limit=5)) == [task]
+
+
+async def test_a_typed_agents_claim_runs_directly(pg_store: SqlStore) -> None:
+    """On PostgreSQL an agent's task types are one array parameter, so its claim is a
+    statement compiled once; it still takes only tasks of its types."""
+    agent = dataclasses.replace(await pg_store.add_agent("a1", None, NOW), task_types=("b", "c"))
+    statement, _ = take_best_for(agent, 1, array=True)
+    assert not _expanding(statement)
+    await pg_store.add_tasks([NewTask(type="a"), NewTask(type="c"), NewTask(type="b")], NOW)
+    taken = await pg_store.claim_tasks([(agent, 60.0)] * 3, NOW)
+    assert sorted(t.type for t in taken if t is not None) == ["b", "c"] and taken[2] is None
+    assert [(await pg_store.claim_task(agent, NOW, 60.0))] == [None]

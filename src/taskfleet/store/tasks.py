@@ -185,7 +185,7 @@ class TaskQueries(Base):
             # A lone claim (an agent woken by a new task) is one statement, a transaction
             # of its own.
             ((agent, lease_seconds),) = claims
-            statement, params = take_best_for(agent, 1, one=self.sqlite)
+            statement, params = take_best_for(agent, 1, one=self.sqlite, array=not self.sqlite)
             async with self._write(one_statement=True) as conn:
                 lease = _lease(agent, now, lease_seconds)
                 found = await conn.rows(statement, {**params, **lease})
@@ -208,7 +208,7 @@ class TaskQueries(Base):
                         for row in await conn.rows(TAKE_CHOSEN, {**lease, "chosen": chosen})
                     ]
                 else:
-                    statement, params = take_best_for(agent, len(places))
+                    statement, params = take_best_for(agent, len(places), array=True)
                     rows = await conn.rows(statement, {**params, **lease})
                 if len(rows) < len(places):
                     hopeful.discard(agent.id)  # nothing more for it in this transaction
