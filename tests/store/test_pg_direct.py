@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import bindparam, exc, insert, select
 
 from taskfleet.core import errors
-from taskfleet.core.models import NewTask, TaskFilter, TaskStatus
+from taskfleet.core.models import NewTask, Outcome, TaskFilter, TaskStatus
 from taskfleet.store import tables
 from taskfleet.store.base import Conn, _expanding, to_task
 from taskfleet.store.queue import take_best_for
@@ -146,3 +146,28 @@ async def test_a_typed_agents_claim_runs_directly(pg_store: SqlStore) -> None:
     taken = await pg_store.claim_tasks([(agent, 60.0)] * 3, NOW)
     assert sorted(t.type for t in taken if t is not None) == ["b", "c"] and taken[2] is None
     assert [(await pg_store.claim_task(agent, NOW, 60.0))] == [None]
+
+
+async def test_a_batch_of_outcomes_stores_what_sqlalchemy_reads(pg_store: SqlStore) -> None:
+    """One statement records the batch (`FINISH_ALL`): the results go in as a JSON array
+    parameter, so each must come out as it went in, NULL (None) included."""
+    agent = await pg_store.add_agent("a1", None, NOW)
+    await pg_store.add_tasks([NewTask(type="t") for _ in VALUES], NOW)
+    claimed = await pg_store.claim_tasks([(agent, 60.0)] * len(VALUES), NOW)
+    outcomes = [
+        Outcome(t.id, agent.id, t.attempt, TaskStatus.COMPLETED, value)
+        for t, value in zip(claimed, VALUES, strict=True)
+        if t is not None
+    ]
+    answers = await pg_store.finish_tasks(outcomes, NOW + 1)
+    async with pg_store._read() as conn:
+        for answer, outcome in zip(answers, outcomes, strict=True):
+            assert isinstance(answer, tuple) and answer[1]
+            rows = await conn.execute(GET, {"task_id": outcome.task_id})
+            assert [answer[0]] == [to_task(r) for r in rows]
+            assert answer[0].result == outcome.result
+        # None is SQL NULL, as SQLAlchemy stores it for this column (none_as_null).
+        assert outcomes[0].result is None
+        null = tables.tasks.c.result.is_(None)
+        query = select(null).where(tables.tasks.c.id == outcomes[0].task_id)
+        assert (await conn.execute(query)).scalar_one() is True
