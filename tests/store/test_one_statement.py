@@ -76,3 +76,27 @@ async def test_reads_on_postgresql_are_statements_of_their_own(postgres_url: str
         assert await store.list_tasks(TaskFilter(limit=10)) == []
     finally:
         await store.close()
+
+
+async def test_one_agents_slots_and_a_heartbeat_are_committed_when_they_return(
+    store: SqlStore, db_url: str
+) -> None:
+    """On PostgreSQL the free slots of one agent are one statement, and so is a
+    heartbeat: each a transaction of its own, committed when the call returns."""
+    agent = await store.add_agent("a1", None, NOW)
+    await store.add_tasks([NewTask(type="t") for _ in range(2)], NOW)
+    first, second, none = await store.claim_tasks([(agent, 60.0)] * 3, NOW)
+    assert first is not None and second is not None and none is None
+    await store.extend_lease(first.id, agent.id, first.attempt, NOW + 600, None, NOW + 1)
+    with pytest.raises(errors.Conflict):  # a stale heartbeat is still refused
+        await store.extend_lease(first.id, agent.id, first.attempt + 1, NOW + 9, None, NOW + 1)
+    other = await open_store(db_url)
+    try:
+        seen = [await other.get_task(t.id) for t in (first, second)]
+    finally:
+        await other.close()
+    assert [(t.status, t.lease_owner) for t in seen if t is not None] == [
+        (TaskStatus.ACTIVE, agent.id),
+        (TaskStatus.ACTIVE, agent.id),
+    ]
+    assert seen[0] is not None and seen[0].lease_expires == NOW + 600

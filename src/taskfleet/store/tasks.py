@@ -246,9 +246,11 @@ class TaskQueries(Base):
         taken: list[Task | None] = [None] * len(claims)
         hopeful = {agent.id for agent, _ in claims}  #: agents that may find more
         # One statement per run of claims of one agent (its free slots), which on
-        # PostgreSQL locks only the rows it looks at: concurrent claimers skip them.
-        async with self._write() as conn:
-            for places in _runs_of_one_agent(claims):
+        # PostgreSQL locks only the rows it looks at: concurrent claimers skip them. The
+        # free slots of one agent alone are one statement there, a transaction of its own.
+        runs = _runs_of_one_agent(claims)
+        async with self._write(one_statement=not self.sqlite and len(runs) == 1) as conn:
+            for places in runs:
                 agent, lease_seconds = claims[places[0]]
                 if agent.id not in hopeful:
                     continue
@@ -300,11 +302,12 @@ class TaskQueries(Base):
         if progress is not None:
             statement = EXTEND_WITH_PROGRESS
             params.update(percent=progress.percent, eta=progress.eta, text=progress.activity[:1000])
-        async with self._write() as conn:
-            row = (await conn.execute(statement, params)).first()
-            if row is None:
-                raise await self._stale(conn, task_id, attempt)
-        return to_task(row)
+        # One statement, a transaction of its own (a heartbeat): the read that explains a
+        # refusal changes nothing, and would take a snapshot of its own in a transaction.
+        async with self._write(one_statement=not self.sqlite) as conn:
+            for row in await conn.rows(statement, params):
+                return to_task(row)
+            raise await self._stale(conn, task_id, attempt)
 
     async def finish_tasks(
         self, outcomes: Sequence[Outcome], now: float
