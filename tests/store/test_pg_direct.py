@@ -19,6 +19,7 @@ from taskfleet.store.base import Conn, _expanding, to_task
 from taskfleet.store.queue import take_best_for
 from taskfleet.store.sql import SqlStore, open_store
 from taskfleet.store.tasks import FINISH, GET
+from tests.conftest import PostgresServer
 
 NOW = 1_700_000_000.0
 #: A hot statement that can break a constraint: a name is unique and at most 64 long.
@@ -171,3 +172,23 @@ async def test_a_batch_of_outcomes_stores_what_sqlalchemy_reads(pg_store: SqlSto
         null = tables.tasks.c.result.is_(None)
         query = select(null).where(tables.tasks.c.id == outcomes[0].task_id)
         assert (await conn.execute(query)).scalar_one() is True
+
+
+async def test_a_lost_connection_is_dropped_as_sqlalchemy_drops_it(
+    pg_store: SqlStore, postgres_server: PostgresServer, postgres_url: str
+) -> None:
+    (task,) = await pg_store.add_tasks([NewTask(type="t")], NOW)
+    assert await pg_store.get_task(task.id) == task
+    admin = await postgres_server.admin()
+    try:
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = $1 AND pid <> pg_backend_pid()",
+            postgres_url.rsplit("/", 1)[1],
+        )
+    finally:
+        await admin.close()
+    with pytest.raises(exc.DBAPIError) as caught:  # the pooled connection was lost
+        await pg_store.get_task(task.id)
+    assert caught.value.connection_invalidated
+    assert await pg_store.get_task(task.id) == task  # on a new connection
