@@ -334,13 +334,18 @@ class TaskQueries(Base):
             (outcome,) = outcomes
             async with self._write(one_statement=True) as conn:
                 return [await self._finish(conn, outcome, now)]
+        # In id order, as the lease sweep (`expire_leases`) updates rows: walking the array
+        # by the primary key (a nested loop, as for any batch this size), the statement
+        # locks rows in the sweep's order, which keeps the two from deadlocking. Not
+        # guaranteed (the planner picks the join), and a deadlock is reported as before.
+        ordered = sorted(outcomes, key=lambda o: o.task_id)
         params = {
-            "task_ids": [o.task_id for o in outcomes],
-            "agent_ids": [o.agent_id for o in outcomes],
-            "attempts": [o.attempt for o in outcomes],
-            "statuses": [o.status.value for o in outcomes],
-            "results": [o.result for o in outcomes],
-            "errors": [o.error for o in outcomes],
+            "task_ids": [o.task_id for o in ordered],
+            "agent_ids": [o.agent_id for o in ordered],
+            "attempts": [o.attempt for o in ordered],
+            "statuses": [o.status.value for o in ordered],
+            "results": [o.result for o in ordered],
+            "errors": [o.error for o in ordered],
             "now": now,
         }
         async with self._write(one_statement=True) as conn:
