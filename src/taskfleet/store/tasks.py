@@ -19,6 +19,7 @@ from sqlalchemy import (
     Text,
     Update,
     and_,
+    any_,
     bindparam,
     case,
     column,
@@ -130,6 +131,9 @@ def _finish_all_statement() -> Update:
     return (
         update(tasks)
         .where(
+            # The ids again, as an array: PostgreSQL then looks the tasks up by primary
+            # key, in id order, whatever it estimates of the running tasks and the array.
+            tasks.c.id == any_(bindparam("task_ids", type_=ARRAY(tasks.c.id.type))),
             tasks.c.id == given.c.task_id,
             tasks.c.lease_owner == given.c.agent_id,
             tasks.c.attempt == given.c.attempt_no,
@@ -334,10 +338,10 @@ class TaskQueries(Base):
             (outcome,) = outcomes
             async with self._write(one_statement=True) as conn:
                 return [await self._finish(conn, outcome, now)]
-        # In id order, as the lease sweep (`expire_leases`) updates rows: walking the array
-        # by the primary key (a nested loop, as for any batch this size), the statement
-        # locks rows in the sweep's order, which keeps the two from deadlocking. Not
-        # guaranteed (the planner picks the join), and a deadlock is reported as before.
+        # In id order, as the lease sweep (`expire_leases`) updates rows: looking the tasks
+        # up by primary key (`FINISH_ALL`), the statement locks them in the sweep's order,
+        # which keeps the two from deadlocking. The planner picks the join, so this is not
+        # a guarantee; a deadlock is reported as before.
         ordered = sorted(outcomes, key=lambda o: o.task_id)
         params = {
             "task_ids": [o.task_id for o in ordered],
