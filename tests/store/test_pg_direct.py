@@ -192,3 +192,36 @@ async def test_a_lost_connection_is_dropped_as_sqlalchemy_drops_it(
         await pg_store.get_task(task.id)
     assert caught.value.connection_invalidated
     assert await pg_store.get_task(task.id) == task  # on a new connection
+
+
+async def test_a_batch_of_tasks_is_stored_as_sqlalchemy_reads_it(pg_store: SqlStore) -> None:
+    """One statement inserts a batch (`INSERT_ALL`, arrays unnested in order): the tasks
+    come back in the order given, as SQLAlchemy reads them, a lease included."""
+    agent = await pg_store.add_agent("a1", None, NOW)
+    new = [
+        NewTask(type=f"t{i}", payload=value, priority=-i, timeout_seconds=i or None)
+        for i, value in enumerate(VALUES)
+    ]
+    added = await pg_store.add_tasks(new, NOW, {2: (agent.id, NOW + 60)})
+    assert [(t.type, t.payload) for t in added] == [(n.type, n.payload) for n in new]
+    assert [t.id for t in added] == sorted(t.id for t in added)
+    assert (added[2].status, added[2].lease_owner, added[2].attempt) == (
+        TaskStatus.ACTIVE,
+        agent.id,
+        1,
+    )
+    async with pg_store._read() as conn:
+        for task in added:
+            rows = await conn.execute(GET, {"task_id": task.id})
+            assert [task] == [to_task(r) for r in rows]
+        null = select(tables.tasks.c.payload.is_(None)).where(tables.tasks.c.id == added[0].id)
+        assert (await conn.execute(null)).scalar_one() is True  # None is SQL NULL
+
+
+async def test_a_refused_batch_of_tasks_leaves_nothing(pg_store: SqlStore) -> None:
+    with pytest.raises(errors.Conflict):  # no such job
+        await pg_store.add_tasks([NewTask(type="t"), NewTask(type="t", job_id=999)], NOW)
+    # Too long for the column: refused as before, not cut to length.
+    with pytest.raises(exc.DBAPIError, match="too long"):
+        await pg_store.add_tasks([NewTask(type="t"), NewTask(type="x" * 129)], NOW)
+    assert await pg_store.list_tasks(TaskFilter(limit=5)) == []

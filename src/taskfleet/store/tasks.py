@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import (
     ARRAY,
     Float,
+    Insert,
     Integer,
     Row,
     Select,
@@ -58,6 +59,27 @@ REAP_BATCH = 500
 # parameters: building SQLAlchemy constructs per call cost more than running them.
 GET = select(tasks).where(tasks.c.id == bindparam("task_id"))
 INSERT = insert(tasks).returning(tasks, sort_by_parameter_order=True)
+
+
+def _insert_all_statement() -> Insert:
+    """`INSERT` of any number of tasks in one statement (PostgreSQL): each column of
+    `task_row` one array parameter (`:all_<column>`), unnested in order. The ids come
+    from the sequence in that order, so the returned rows sorted by id are in the
+    order of the arrays (what SQLAlchemy's `sort_by_parameter_order` relies on too).
+    Strings go as VARCHAR without a length: a cast to VARCHAR(n) would cut a value
+    that is too long, where storing it in the column refuses it."""
+    keys = list(task_row(NewTask(type=""), 0))
+    kinds = {k: String() if isinstance(tasks.c[k].type, String) else tasks.c[k].type for k in keys}
+    given = (
+        func.unnest(*(bindparam(f"all_{k}", type_=ARRAY(kinds[k])) for k in keys))
+        .table_valued(*(column(k, kinds[k]) for k in keys), with_ordinality="n")
+        .render_derived()
+    )
+    rows = select(*(given.c[k] for k in keys)).order_by(given.c.n)
+    return insert(tasks).from_select(keys, rows).returning(tasks)
+
+
+INSERT_ALL = _insert_all_statement()
 #: `INSERT` of one task, every column of `task_row` a parameter (`Conn.rows` runs it).
 INSERT_ONE = (
     insert(tasks)
@@ -204,6 +226,11 @@ class TaskQueries(Base):
         if len(rows) == 1:  # one INSERT, a transaction of its own
             async with self._write(one_statement=True) as conn:
                 return [to_task(r) for r in await conn.rows(INSERT_ONE, rows[0])]
+        if not self.sqlite:  # one INSERT of them all, a transaction of its own
+            params = {f"all_{key}": [row[key] for row in rows] for key in rows[0]}
+            async with self._write(one_statement=True) as conn:
+                added = await conn.rows(INSERT_ALL, params)
+            return sorted(map(to_task, added), key=lambda task: task.id)
         # More may take several statements (insertmanyvalues batches), which must commit
         # all or none.
         async with self._write() as conn:
