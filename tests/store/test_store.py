@@ -900,6 +900,11 @@ async def test_finish_tasks_answers_each_outcome_on_its_own(store: SqlStore) -> 
     }
 
 
+async def test_adding_no_tasks_adds_nothing(store: SqlStore) -> None:
+    assert await store.add_tasks([], NOW) == []
+    assert await store.list_tasks(TaskFilter(limit=5)) == []
+
+
 async def test_finish_tasks_of_distinct_tasks_answers_each_outcome_on_its_own(
     store: SqlStore,
 ) -> None:

@@ -223,6 +223,8 @@ class TaskQueries(Base):
     ) -> list[Task]:
         leases = leases or {}
         rows = [task_row(t, now, leases.get(i)) for i, t in enumerate(new)]
+        if not rows:  # nothing to insert (core never asks: a submit has 1 to MAX_BATCH)
+            return []
         if len(rows) == 1:  # one INSERT, a transaction of its own
             async with self._write(one_statement=True) as conn:
                 return [to_task(r) for r in await conn.rows(INSERT_ONE, rows[0])]
