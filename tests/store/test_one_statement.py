@@ -6,7 +6,7 @@ for the next caller. Run against SQLite and PostgreSQL (`store` is parametrized)
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import insert
+from sqlalchemy import func, insert, select
 
 from taskfleet.core import errors
 from taskfleet.core.models import NewTask, TaskFilter, TaskStatus
@@ -57,3 +57,46 @@ async def test_a_transaction_after_a_lone_statement_still_rolls_back(store: SqlS
             await conn.execute(insert(tables.tasks).values(task_row(NewTask(type="gone"), NOW)))
             raise RuntimeError("half-way through a transaction")
     assert [t.type for t in await store.list_tasks(TaskFilter(limit=10))] == ["kept"]
+
+
+async def test_reads_on_postgresql_are_statements_of_their_own(postgres_url: str) -> None:
+    """A read sends no BEGIN: each statement is its own transaction, with a snapshot and
+    a clock of its own (inside one transaction `now()` would stand still)."""
+    store = await open_store(postgres_url)
+    try:
+        async with store._read() as conn:
+            first = (await conn.execute(select(func.now()))).scalar_one()
+            second = (await conn.execute(select(func.now()))).scalar_one()
+        assert second > first
+        # The pool hands the connection out again: writes must still be transactions.
+        with pytest.raises(RuntimeError):
+            async with store._write() as conn:
+                await conn.execute(insert(tables.tasks).values(task_row(NewTask(type="g"), NOW)))
+                raise RuntimeError("half-way through a transaction")
+        assert await store.list_tasks(TaskFilter(limit=10)) == []
+    finally:
+        await store.close()
+
+
+async def test_one_agents_slots_and_a_heartbeat_are_committed_when_they_return(
+    store: SqlStore, db_url: str
+) -> None:
+    """On PostgreSQL the free slots of one agent are one statement, and so is a
+    heartbeat: each a transaction of its own, committed when the call returns."""
+    agent = await store.add_agent("a1", None, NOW)
+    await store.add_tasks([NewTask(type="t") for _ in range(2)], NOW)
+    first, second, none = await store.claim_tasks([(agent, 60.0)] * 3, NOW)
+    assert first is not None and second is not None and none is None
+    await store.extend_lease(first.id, agent.id, first.attempt, NOW + 600, None, NOW + 1)
+    with pytest.raises(errors.Conflict):  # a stale heartbeat is still refused
+        await store.extend_lease(first.id, agent.id, first.attempt + 1, NOW + 9, None, NOW + 1)
+    other = await open_store(db_url)
+    try:
+        seen = [await other.get_task(t.id) for t in (first, second)]
+    finally:
+        await other.close()
+    assert [(t.status, t.lease_owner) for t in seen if t is not None] == [
+        (TaskStatus.ACTIVE, agent.id),
+        (TaskStatus.ACTIVE, agent.id),
+    ]
+    assert seen[0] is not None and seen[0].lease_expires == NOW + 600

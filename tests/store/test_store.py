@@ -901,6 +901,48 @@ async def test_finish_tasks_answers_each_outcome_on_its_own(store: SqlStore) -> 
     }
 
 
+async def test_adding_no_tasks_adds_nothing(store: SqlStore) -> None:
+    assert await store.add_tasks([], NOW) == []
+    assert await store.list_tasks(TaskFilter(limit=5)) == []
+
+
+async def test_finish_tasks_of_distinct_tasks_answers_each_outcome_on_its_own(
+    store: SqlStore,
+) -> None:
+    # Each task once: on PostgreSQL one statement records the whole batch.
+    agent = await make_agent(store, "a1")
+    *_, untouched = await queue(store, *(NewTask(type="t") for _ in range(6)))
+    claimed = await store.claim_tasks([(agent, LEASE)] * 5, NOW)
+    done, stale, failed, cancelled, completed = (t for t in claimed if t is not None)
+    await store.request_cancel(cancelled.id, NOW + 1)
+    await finish(store, done, result={"r": 1})
+    outcomes = [
+        Outcome(done.id, agent.id, done.attempt, TaskStatus.COMPLETED, {"r": 1}),  # a repeat
+        Outcome(stale.id, agent.id, stale.attempt + 1, TaskStatus.COMPLETED, 2),
+        Outcome(failed.id, agent.id, failed.attempt, TaskStatus.FAILED, None, "boom"),
+        Outcome(9999, agent.id, 1, TaskStatus.COMPLETED, 3),  # no such task
+        Outcome(cancelled.id, agent.id, cancelled.attempt, TaskStatus.CANCELLED, None, "bye"),
+        Outcome(completed.id, agent.id, completed.attempt, TaskStatus.COMPLETED, [2.5, None]),
+    ]
+    answers = await store.finish_tasks(outcomes, NOW + 2)
+    assert answers[0] == (await store.get_task(done.id), False)
+    assert isinstance(answers[1], errors.Conflict)
+    assert isinstance(answers[3], errors.NotFound)
+    recorded = [a for a in answers if isinstance(a, tuple) and a[1]]
+    assert recorded == [(await stored(store, t.id), True) for t in (failed, cancelled, completed)]
+    assert [(t.status, t.result, t.error, t.progress.percent) for t, _ in recorded] == [
+        (TaskStatus.FAILED, None, "boom", None),
+        (TaskStatus.CANCELLED, None, "bye", None),
+        (TaskStatus.COMPLETED, [2.5, None], None, 100.0),
+    ]
+    assert all(t.finished_at == NOW + 2 and t.lease_expires is None for t, _ in recorded)
+    assert (await stored(store, stale.id)).status is TaskStatus.ACTIVE
+    assert (await stored(store, untouched.id)).status is TaskStatus.QUEUED
+    # Repeats of the whole batch change nothing and answer as before.
+    again = await store.finish_tasks(outcomes[2:3] + outcomes[4:], NOW + 3)
+    assert again == [(t, False) for t, _ in recorded]
+
+
 @pytest.mark.parametrize("value", [None, 0, 2.5, "text", [1, "a"], {"k": {"n": None}}, True])
 async def test_hot_statements_read_and_write_what_sqlalchemy_does(
     store: SqlStore, value: object

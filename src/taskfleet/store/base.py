@@ -17,7 +17,9 @@ from typing import Any
 
 from sqlalchemy import Connection, CursorResult, Engine, Executable, Row, Select, Table, exc
 from sqlalchemy.dialects import sqlite
+from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.pool import PoolProxiedConnection
 from sqlalchemy.sql.dml import UpdateBase
 from sqlalchemy.types import TypeEngine
 
@@ -41,6 +43,8 @@ DATA_ERROR = "a value is too long or out of range for the database"
 #: than the pool): the request did nothing, and may be sent again.
 BUSY = "the server is busy: no database connection came free in time; try again"
 Params = dict[str, Any] | list[dict[str, Any]] | None
+#: A statement `Conn.rows` runs: built once (a module constant), returning rows.
+Hot = UpdateBase | Select[Any]
 
 
 class Prepared:
@@ -51,10 +55,11 @@ class Prepared:
     half of a task's lease and of its outcome (docs/benchmarks.md). This compiles the
     statement once and does the rest with the columns' own type processors, so the values
     are exactly those SQLAlchemy would send and return. Only for statements built once
-    (module constants), with no expanding (IN-list) parameters.
+    (module constants); `Conn.rows` runs those with expanding (IN-list) parameters,
+    rendered per call, through SQLAlchemy.
     """
 
-    def __init__(self, statement: UpdateBase | Select[Any]) -> None:
+    def __init__(self, statement: Hot) -> None:
         self._compiled = compiled = statement.compile(dialect=SQLITE)
         self.sql = str(compiled)
         self._keys = tuple(compiled.positiontup or ())
@@ -73,12 +78,8 @@ class Prepared:
         values = [full[k] for k in self._keys]
         for i, process in self._bind:
             values[i] = process(values[i])
-        try:
-            fetched = driver.execute(self.sql, values).fetchall()
-        except sqlite3.Error as error:  # as SQLAlchemy raises it, for `Base._write` to map
-            raise exc.DBAPIError.instance(self.sql, values, error, sqlite3.Error) from error
         found = []
-        for raw in fetched:
+        for raw in driver.execute(self.sql, values).fetchall():
             row = list(raw)
             for i, process in self._result:
                 row[i] = process(row[i])
@@ -148,10 +149,79 @@ SQLITE = sqlite.dialect()
 _prepared = functools.cache(Prepared)
 
 
-def _processor(kind: TypeEngine[Any]) -> Callable[[Any], Any] | None:
-    """What SQLAlchemy does to a parameter of this type for SQLite (the dialect's own
+def _processor(kind: TypeEngine[Any], dialect: Dialect = SQLITE) -> Callable[[Any], Any] | None:
+    """What SQLAlchemy does to a parameter of this type for the dialect (its own
     implementation of the type: SQLite's JSON, for one, differs from the generic)."""
-    return kind.dialect_impl(SQLITE).bind_processor(SQLITE)
+    return kind.dialect_impl(dialect).bind_processor(dialect)
+
+
+class PgPrepared:
+    """`Prepared` on PostgreSQL: a hot statement run on the asyncpg connection directly.
+
+    SQLAlchemy's execution costs about as much CPU as the round trip to a local
+    PostgreSQL (building the execution context, the adapter's cursor, wrapping rows).
+    This compiles the statement once for the engine's dialect and keeps its positional
+    parameters and that dialect's bind and result processors, so the values sent and
+    read are exactly SQLAlchemy's: JSON is serialized by the dialect's bind processor
+    and decoded by the codec the dialect sets on every connection. The result
+    processors depend on the type PostgreSQL reports for each column (the dialect's
+    Float, for one, converts only a NUMERIC), so they are taken from the statement's
+    first preparation. Only for statements built once, with no expanding (IN-list)
+    parameters (as `Prepared`).
+    """
+
+    def __init__(self, statement: Hot, dialect: Dialect) -> None:
+        self._dialect = dialect
+        self._compiled = compiled = statement.compile(dialect=dialect)
+        self.sql = str(compiled)
+        self._keys = tuple(compiled.positiontup or ())
+        bind = {k: _processor(compiled.binds[k].type, dialect) for k in set(self._keys)}
+        self._bind = [(i, f) for i, k in enumerate(self._keys) if (f := bind[k]) is not None]
+        self._columns = tuple(statement.exported_columns)  # what RETURNING names
+        self._names = tuple(str(c.key) for c in self._columns)
+        self._result: list[tuple[int, Callable[[Any], Any]]] | None = None
+
+    def values(self, params: dict[str, Any]) -> list[Any]:
+        """The statement's positional parameters, as SQLAlchemy would send them."""
+        full = self._compiled.construct_params(params)  # adds the statement's own literals
+        values = [full[k] for k in self._keys]
+        for i, process in self._bind:
+            values[i] = process(values[i])
+        return values
+
+    async def rows(self, driver: Any, values: list[Any]) -> list[dict[str, Any]]:
+        if self._result is None:  # once per process: the statement's column types
+            prepared = await driver.prepare(self.sql)
+            types = [attribute.type.oid for attribute in prepared.get_attributes()]
+            self._result = [
+                (i, f)
+                for i, (c, oid) in enumerate(zip(self._columns, types, strict=True))
+                if (f := c.type.dialect_impl(self._dialect).result_processor(self._dialect, oid))
+                is not None
+            ]
+            records = await prepared.fetch(*values)
+        else:
+            records = await driver.fetch(self.sql, *values)
+        if not self._result:
+            return [dict(zip(self._names, record, strict=True)) for record in records]
+        found = []
+        for record in records:
+            row = list(record)
+            for i, process in self._result:
+                row[i] = process(row[i])
+            found.append(dict(zip(self._names, row, strict=True)))
+        return found
+
+
+#: One per statement and engine (each engine has a dialect of its own).
+_pg_prepared = functools.lru_cache(maxsize=256)(PgPrepared)
+
+
+@functools.cache
+def _expanding(statement: Hot) -> bool:
+    """Whether the statement has an expanding (IN-list) parameter, which SQLAlchemy
+    renders anew for each call's list: no statement compiled once can run it."""
+    return any(bind.expanding for bind in statement.compile(dialect=SQLITE).binds.values())
 
 
 class Conn:
@@ -160,23 +230,86 @@ class Conn:
     def __init__(self, conn: Connection | AsyncConnection) -> None:
         self._conn = conn
 
-    async def rows(
-        self, statement: UpdateBase | Select[Any], params: dict[str, Any]
-    ) -> Sequence[Mapping[Any, Any]]:
-        """The rows a hot statement returns, as mappings by column name: on SQLite run on
-        the driver directly (`Prepared`)."""
+    async def rows(self, statement: Hot, params: dict[str, Any]) -> Sequence[Mapping[Any, Any]]:
+        """The rows a hot statement returns, as mappings by column name, run on the driver
+        directly: SQLite's (`Prepared`) or asyncpg (`PgPrepared`, `_pg_rows`)."""
+        if _expanding(statement):
+            return [row._mapping for row in await self.execute(statement, params)]
         if isinstance(self._conn, AsyncConnection):
+            return await self._pg_rows(statement, params)
+        prepared = _prepared(statement)
+        try:
+            return prepared.rows(self._conn.connection.driver_connection, params)
+        except Exception as error:  # as SQLAlchemy raises it (sqlite3's IntegrityError is
+            dbapi = self._conn.dialect.loaded_dbapi  # its exc.IntegrityError, ...)
+            raise exc.DBAPIError.instance(
+                prepared.sql, params, error, dbapi.Error, dialect=self._conn.dialect
+            ) from error
+
+    async def _pg_rows(self, statement: Hot, params: dict[str, Any]) -> list[dict[str, Any]]:
+        """`PgPrepared` inside SQLAlchemy's transaction on this connection, with errors
+        raised as SQLAlchemy raises them (so `Base._write` maps them the same way).
+
+        SQLAlchemy's asyncpg adapter sends BEGIN lazily, with the first statement it
+        runs: this starts it the same way first when the connection is not in
+        autocommit. That is the adapter's private interface; without it (another
+        SQLAlchemy) the statement goes through SQLAlchemy's execution.
+        """
+        assert isinstance(self._conn, AsyncConnection)
+        pooled = await self._pooled()
+        adapted = pooled.dbapi_connection
+        begin = getattr(adapted, "_start_transaction", None)
+        mutex = getattr(adapted, "_execute_mutex", None)
+        if begin is None or mutex is None or not hasattr(adapted, "_transaction"):
             result = await self._conn.execute(statement, params)
-            return [row._mapping for row in result]
-        return _prepared(statement).rows(self._conn.connection.driver_connection, params)
+            return [dict(row._mapping) for row in result]
+        dialect = self._conn.dialect
+        prepared = _pg_prepared(statement, dialect)
+        values = prepared.values(params)
+        async with mutex:
+            try:
+                if adapted._transaction is None:  # type: ignore[union-attr]
+                    await begin()  # nothing in autocommit
+                return await prepared.rows(pooled.driver_connection, values)
+            except Exception as error:
+                raise await self._sqlalchemy_error(error, prepared.sql, values) from error
+
+    async def _pooled(self) -> PoolProxiedConnection:
+        """The pooled connection, without a trip through a greenlet when SQLAlchemy's
+        connection holds a valid one (it does I/O only to replace an invalidated one)."""
+        assert isinstance(self._conn, AsyncConnection)
+        sync = self._conn.sync_connection
+        if sync is not None and not sync.closed and not sync.invalidated:
+            return sync.connection
+        return await self._conn.get_raw_connection()
+
+    async def _sqlalchemy_error(self, error: Exception, sql: str, values: list[Any]) -> Exception:
+        """The exception SQLAlchemy would raise for an asyncpg error: the adapter's
+        translation (a unique violation is its IntegrityError) wrapped as SQLAlchemy's
+        (`exc.IntegrityError`), the connection invalidated if it was lost."""
+        assert isinstance(self._conn, AsyncConnection)
+        pooled = await self._pooled()
+        dialect = self._conn.dialect
+        dbapi = dialect.loaded_dbapi
+        try:
+            pooled.dbapi_connection._handle_exception(error)  # type: ignore[union-attr]
+        except dbapi.Error as translated:
+            lost = dialect.is_disconnect(translated, pooled.dbapi_connection, None)
+            if lost:
+                await self._conn.invalidate(translated)
+            return exc.DBAPIError.instance(
+                sql, values, translated, dbapi.Error, connection_invalidated=lost, dialect=dialect
+            )
+        except Exception as other:  # not a database error: as it was
+            return other
+        return error  # pragma: no cover (`_handle_exception` always raises)
 
     async def insert_many(
-        self, inserter: InsertMany, statement: UpdateBase, rows: list[dict[str, Any]]
+        self, inserter: InsertMany, rows: list[dict[str, Any]]
     ) -> Sequence[Mapping[Any, Any]]:
-        """The rows inserted, in the order given: on SQLite by `inserter` on the driver,
-        elsewhere by `statement` (an INSERT returning its rows in parameter order)."""
-        if isinstance(self._conn, AsyncConnection):
-            return [row._mapping for row in await self._conn.execute(statement, rows)]
+        """The rows inserted, in the order given, by `inserter` on SQLite's driver (on
+        PostgreSQL one statement takes any number of rows: `tasks.INSERT_ALL`)."""
+        assert not isinstance(self._conn, AsyncConnection), "SQLite only"
         return inserter.rows(self._conn.connection.driver_connection, rows)
 
     async def execute(self, statement: Executable, parameters: Params = None) -> CursorResult[Any]:
@@ -194,6 +327,13 @@ class Base:
     def __init__(self, engine: Engine | AsyncEngine) -> None:
         self.engine = engine
         self.sqlite = engine.dialect.name == "sqlite"
+        #: The same pool, its connections checked out in autocommit (and reset when
+        #: returned): one step, where setting the option on a connection is another.
+        self._autocommit_engine = (
+            engine.execution_options(isolation_level="AUTOCOMMIT")
+            if isinstance(engine, AsyncEngine)
+            else None
+        )
         # SQLite has one writer: queue writers of this process here rather than in
         # SQLite's busy handler, which sleeps and retries.
         self._write_lock = asyncio.Lock() if self.sqlite else None
@@ -230,13 +370,13 @@ class Base:
 
     @contextlib.asynccontextmanager
     async def _autocommit(self) -> AsyncIterator[Conn]:
-        if isinstance(self.engine, AsyncEngine):
-            async with self.engine.connect() as aconn:
-                await aconn.execution_options(isolation_level="AUTOCOMMIT")
+        if self._autocommit_engine is not None:
+            async with self._autocommit_engine.connect() as aconn:
                 yield Conn(aconn)
         else:
             # The driver runs in autocommit mode already (store/engine.py): only our
             # BEGIN is left out, and the commit at the end has nothing to do.
+            assert isinstance(self.engine, Engine)
             with self.engine.connect() as conn:
                 conn.execution_options(sqlite_begin=None)
                 yield Conn(conn)
@@ -244,10 +384,18 @@ class Base:
 
     @contextlib.asynccontextmanager
     async def _read(self) -> AsyncIterator[Conn]:
+        """A connection for reads only.
+
+        On PostgreSQL in autocommit: each statement its own implicit transaction, without
+        the BEGIN and ROLLBACK that were two of a read's three round trips. A read
+        transaction bought nothing: under READ COMMITTED every statement takes a snapshot
+        of its own anyway, and no read holds locks or a cursor across statements. The
+        pool resets the isolation level when the connection goes back (`_autocommit`).
+        """
         try:
             if isinstance(self.engine, AsyncEngine):
-                async with self.engine.connect() as aconn:
-                    yield Conn(aconn)
+                async with self._autocommit() as conn:
+                    yield conn
             else:
                 with self.engine.connect() as conn:
                     conn.execution_options(sqlite_begin="DEFERRED")

@@ -17,11 +17,14 @@ import functools
 from typing import Any
 
 from sqlalchemy import (
+    ARRAY,
     ColumnElement,
     Integer,
     Select,
+    String,
     Update,
     and_,
+    any_,
     bindparam,
     exists,
     func,
@@ -75,36 +78,51 @@ def _tags_subset(count: int) -> ColumnElement[bool]:
     return rest == ","
 
 
-def _arm(kind: TargetKind, condition: ColumnElement[bool], types: int, lock: bool) -> Select[Any]:
+#: The agent's task types as one array parameter (PostgreSQL): the statement stays the
+#: same for any number of types, so it is compiled and prepared once (`Conn.rows`), where
+#: an expanding IN list is rendered anew for each call. PostgreSQL turns an IN list into
+#: `= ANY(array)` itself, so the plan is the same.
+TYPES_ARRAY = bindparam("types", type_=ARRAY(String))
+
+
+def _arm(
+    kind: TargetKind, condition: ColumnElement[bool], types: int, lock: bool, array: bool
+) -> Select[Any]:
     """The best queued task of one kind of target: the first row of its index that passes.
-    `lock` skips and locks rows (PostgreSQL's concurrent claimers each take another)."""
+    `lock` skips and locks rows (PostgreSQL's concurrent claimers each take another);
+    `array` takes the types as an array (`TYPES_ARRAY`), else as `types` parameters
+    (`:type0`…)."""
     stmt = select(tasks.c.id, tasks.c.job_priority, tasks.c.priority).where(
         QUEUED, tasks.c.target_kind == kind.value, condition, RUNNABLE
     )
-    if types:
+    if types and array:
+        stmt = stmt.where(tasks.c.type == any_(TYPES_ARRAY))
+    elif types:
         stmt = stmt.where(tasks.c.type.in_([bindparam(f"type{i}") for i in range(types)]))
     stmt = stmt.order_by(*ORDER).limit(COUNT)
     return stmt.with_for_update(skip_locked=True) if lock else stmt
 
 
 @functools.cache
-def best_statement(groups: int, tags: int, types: int, lock: bool) -> Select[Any]:
+def best_statement(
+    groups: int, tags: int, types: int, lock: bool, array: bool = False
+) -> Select[Any]:
     """The ids of the `:count` best queued tasks for an agent in `groups` groups with `tags`
     tags, in one statement: one arm per kind of target (`:agent_name`, any, `:group0`…,
     tags `:tag0`…), the best of their few rows. `types` (if any) limits it to the agent's
-    task types `:type0`…: a parameter each rather than one expanding list, which
-    SQLAlchemy would render again at every execution and the driver could not be given
-    directly (store/base.py `Prepared`)."""
+    task types: one array `:types` with `array` (PostgreSQL), else a parameter each,
+    `:type0`… (SQLite): never one expanding list, which SQLAlchemy would render again at
+    every execution and the driver could not be given directly (`Conn.rows`)."""
     arms = [
-        _arm(TargetKind.AGENT, tasks.c.target == bindparam("agent_name"), types, lock),
-        _arm(TargetKind.ANY, true(), types, lock),
+        _arm(TargetKind.AGENT, tasks.c.target == bindparam("agent_name"), types, lock, array),
+        _arm(TargetKind.ANY, true(), types, lock, array),
         *(
-            _arm(TargetKind.GROUP, tasks.c.target == bindparam(f"group{i}"), types, lock)
+            _arm(TargetKind.GROUP, tasks.c.target == bindparam(f"group{i}"), types, lock, array)
             for i in range(groups)
         ),
     ]
     if tags:
-        arms.append(_arm(TargetKind.TAGS, _tags_subset(tags), types, lock))
+        arms.append(_arm(TargetKind.TAGS, _tags_subset(tags), types, lock, array))
     # Each arm is a subquery of its own, so that it keeps its ORDER BY, LIMIT and lock.
     subqueries = [arm.subquery(f"arm{i}") for i, arm in enumerate(arms)]
     best = union_all(*(select(q.c.id, q.c.job_priority, q.c.priority) for q in subqueries))
@@ -115,12 +133,14 @@ def best_statement(groups: int, tags: int, types: int, lock: bool) -> Select[Any
 
 def _shape_and_params(agent: Agent) -> tuple[tuple[int, int, int], dict[str, Any]]:
     """The agent's shape (groups, tags, task types), which picks a statement, and the
-    parameters that fill it in."""
+    parameters that fill it in (the types both ways: `best_statement`)."""
     tags = sorted(set(agent.tags))
     params: dict[str, Any] = {"agent_id": agent.id, "agent_name": agent.name}
     params.update({f"group{i}": group for i, group in enumerate(agent.groups)})
     params.update({f"tag{i}": f",{tag}," for i, tag in enumerate(tags)})
-    params.update({f"type{i}": kind for i, kind in enumerate(agent.task_types)})
+    if agent.task_types:
+        params["types"] = list(agent.task_types)
+        params.update({f"type{i}": kind for i, kind in enumerate(agent.task_types)})
     return (len(agent.groups), len(tags), len(agent.task_types)), params
 
 
@@ -131,21 +151,26 @@ async def best_queued(conn: Conn, agent: Agent, count: int = 1) -> list[int]:
     return [row["id"] for row in rows]
 
 
-def take_best_for(agent: Agent, count: int, one: bool = False) -> tuple[Update, dict[str, Any]]:
+def take_best_for(
+    agent: Agent, count: int, one: bool = False, array: bool = False
+) -> tuple[Update, dict[str, Any]]:
     """`take_best` for this agent and its parameters (add the lease's to them)."""
-    shape, params = _shape_and_params(agent)
-    return take_best(*shape, one), {**params, "count": count}
+    (groups, tags, types), params = _shape_and_params(agent)
+    if array:  # one statement for any number of types
+        types = min(types, 1)
+    return take_best(groups, tags, types, one, array), {**params, "count": count}
 
 
 @functools.cache
-def take_best(groups: int, tags: int, types: int, one: bool = False) -> Update:
+def take_best(groups: int, tags: int, types: int, one: bool = False, array: bool = False) -> Update:
     """The whole claim in one statement: leases the `:count` best queued tasks for an
     agent of this shape (several for its free slots), on PostgreSQL locking only the rows
     it looks at (`best_statement`); SQLite, which has no row locks, runs it under its
     write lock. The rows come back in no particular order. `one` (for SQLite, `:count`
     1) compares the id with a scalar subquery: with `IN`, SQLite's planner walks the
-    queue by status instead of looking the id up."""
-    best = best_statement(groups, tags, types, True)
+    queue by status instead of looking the id up. `array`: the types as one array
+    parameter (PostgreSQL), so that the statement runs on the driver (`Conn.rows`)."""
+    best = best_statement(groups, tags, types, True, array)
     if one:
         return TAKE.where(tasks.c.id == best.scalar_subquery())
     return TAKE.where(tasks.c.id.in_(best))

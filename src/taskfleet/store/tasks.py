@@ -6,18 +6,27 @@ updated means the caller is stale (`Conflict`) or the task does not exist (`NotF
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import (
+    ARRAY,
+    JSON,
     Float,
+    Insert,
+    Integer,
     Row,
     Select,
     String,
     Text,
     Update,
     and_,
+    any_,
     bindparam,
+    case,
+    cast,
+    column,
     func,
     insert,
     literal_column,
@@ -52,13 +61,47 @@ REAP_BATCH = 500
 # The agent's hot path (heartbeats, results) runs statements built once with bound
 # parameters: building SQLAlchemy constructs per call cost more than running them.
 GET = select(tasks).where(tasks.c.id == bindparam("task_id"))
-INSERT = insert(tasks).returning(tasks, sort_by_parameter_order=True)
-#: `INSERT` of one task, with the columns `task_row` gives as named parameters: the shape
-#: `Conn.rows` runs on SQLite's driver directly (a lone submit, on the way to an agent).
-INSERT_MANY = InsertMany(tasks, list(task_row(NewTask(type=""), 0.0)))
+
+
+def _insert_all_statement() -> Insert:
+    """`INSERT` of any number of tasks in one statement (PostgreSQL): each column of
+    `task_row` one array parameter (`:all_<column>`), unnested in order. The ids come
+    from the sequence in that order, so the returned rows sorted by id are in the
+    order of the arrays (what SQLAlchemy's `sort_by_parameter_order` relies on too).
+    Strings go as VARCHAR without a length: a cast to VARCHAR(n) would cut a value
+    that is too long, where storing it in the column refuses it. JSON values go as
+    their text (`JSON_KEYS`, serialized by the caller), cast back to JSON here: in an
+    array of JSON a list value would be taken for one more dimension of the array."""
+    keys = list(task_row(NewTask(type=""), 0))
+    kinds = {
+        k: String() if isinstance(tasks.c[k].type, String) or k in JSON_KEYS else tasks.c[k].type
+        for k in keys
+    }
+    given = (
+        func.unnest(*(bindparam(f"all_{k}", type_=ARRAY(kinds[k])) for k in keys))
+        .table_valued(*(column(k, kinds[k]) for k in keys), with_ordinality="n")
+        .render_derived()
+    )
+    values = [cast(given.c[k], JSON) if k in JSON_KEYS else given.c[k] for k in keys]
+    rows = select(*values).order_by(given.c.n)
+    return insert(tasks).from_select(keys, rows).returning(tasks)
+
+
+#: The JSON columns of a new task, which `INSERT_ALL` takes as text.
+JSON_KEYS = frozenset(k for k in task_row(NewTask(type=""), 0) if isinstance(tasks.c[k].type, JSON))
+
+
+def _json_text(value: JSONValue) -> str | None:
+    return None if value is None else json.dumps(value)  # NULL: the columns' none_as_null
+
+
+INSERT_ALL = _insert_all_statement()
+#: A batch of tasks on SQLite: multi-row statements on the driver (store/base.py).
+INSERT_MANY = InsertMany(tasks, list(task_row(NewTask(type=""), 0)))
+#: `INSERT` of one task, every column of `task_row` a parameter (`Conn.rows` runs it).
 INSERT_ONE = (
     insert(tasks)
-    .values({key: bindparam(key) for key in task_row(NewTask(type=""), 0.0)})
+    .values({key: bindparam(key, type_=tasks.c[key].type) for key in task_row(NewTask(type=""), 0)})
     .returning(tasks)
 )
 #: Off the partial queue index: a scan in id order would walk every finished task first.
@@ -98,6 +141,58 @@ def _finish_statement(completed: bool) -> Update:
 
 
 FINISH = {True: _finish_statement(True), False: _finish_statement(False)}
+
+
+def _finish_all_statement() -> Update:
+    """`FINISH` of a batch of outcomes in one statement (PostgreSQL): each outcome an
+    element of the array parameters, the tasks of those that are current updated and
+    returned. One round trip for the batch, where `FINISH` takes one per outcome."""
+    given = (
+        func.unnest(
+            bindparam("task_ids", type_=ARRAY(tasks.c.id.type)),
+            bindparam("agent_ids", type_=ARRAY(tasks.c.lease_owner.type)),
+            bindparam("attempts", type_=ARRAY(Integer)),
+            bindparam("statuses", type_=ARRAY(String)),
+            bindparam("results", type_=ARRAY(tasks.c.result.type)),
+            bindparam("errors", type_=ARRAY(Text)),
+        )
+        .table_valued(
+            column("task_id", tasks.c.id.type),
+            column("agent_id", tasks.c.lease_owner.type),
+            column("attempt_no", Integer),
+            column("new_status", String),
+            column("new_result", tasks.c.result.type),
+            column("new_error", Text),
+            name="given",
+        )
+        .render_derived()
+    )
+    completed = given.c.new_status == literal_column(f"'{TaskStatus.COMPLETED.value}'")
+    return (
+        update(tasks)
+        .where(
+            # The ids again, as an array: PostgreSQL then looks the tasks up by primary
+            # key, in id order, whatever it estimates of the running tasks and the array.
+            tasks.c.id == any_(bindparam("task_ids", type_=ARRAY(tasks.c.id.type))),
+            tasks.c.id == given.c.task_id,
+            tasks.c.lease_owner == given.c.agent_id,
+            tasks.c.attempt == given.c.attempt_no,
+            tasks.c.status.in_([literal_column(f"'{status}'") for status in RUNNING]),
+        )
+        .values(
+            status=given.c.new_status,
+            result=given.c.new_result,
+            error=given.c.new_error,
+            finished_at=bindparam("now"),
+            updated_at=bindparam("now"),
+            lease_expires=None,
+            progress_percent=case((completed, 100.0), else_=tasks.c.progress_percent),
+        )
+        .returning(tasks)
+    )
+
+
+FINISH_ALL = _finish_all_statement()
 
 
 def _lease(agent: Agent, now: float, lease_seconds: float) -> dict[str, Any]:
@@ -146,12 +241,21 @@ class TaskQueries(Base):
     ) -> list[Task]:
         leases = leases or {}
         rows = [task_row(t, now, leases.get(i)) for i, t in enumerate(new)]
-        if len(rows) == 1:  # one INSERT: a transaction of its own
+        if not rows:  # nothing to insert (core never asks: a submit has 1 to MAX_BATCH)
+            return []
+        if len(rows) == 1:  # one INSERT, a transaction of its own
             async with self._write(one_statement=True) as conn:
                 return [to_task(r) for r in await conn.rows(INSERT_ONE, rows[0])]
-        # More may take several statements, which must commit all or none.
+        if not self.sqlite:  # one INSERT of them all, a transaction of its own
+            params = {f"all_{key}": [row[key] for row in rows] for key in rows[0]}
+            for key in JSON_KEYS:  # as SQLAlchemy's JSON type writes them (json.dumps)
+                params[f"all_{key}"] = [_json_text(v) for v in params[f"all_{key}"]]
+            async with self._write(one_statement=True) as conn:
+                added = await conn.rows(INSERT_ALL, params)
+            return sorted(map(to_task, added), key=lambda task: task.id)
+        # On SQLite: multi-row statements on the driver, which must commit all or none.
         async with self._write() as conn:
-            return [to_task(r) for r in await conn.insert_many(INSERT_MANY, INSERT, rows)]
+            return [to_task(r) for r in await conn.insert_many(INSERT_MANY, rows)]
 
     async def get_task(self, task_id: int) -> Task | None:
         async with self._read() as conn:
@@ -159,8 +263,9 @@ class TaskQueries(Base):
 
     @staticmethod
     async def _get(conn: Conn, task_id: int) -> Task | None:
-        row = (await conn.execute(GET, {"task_id": task_id})).first()
-        return None if row is None else to_task(row)
+        for row in await conn.rows(GET, {"task_id": task_id}):
+            return to_task(row)
+        return None
 
     async def list_tasks(self, query: TaskFilter) -> list[Task]:
         async with self._read() as conn:
@@ -185,7 +290,7 @@ class TaskQueries(Base):
             # A lone claim (an agent woken by a new task) is one statement, a transaction
             # of its own.
             ((agent, lease_seconds),) = claims
-            statement, params = take_best_for(agent, 1, one=self.sqlite)
+            statement, params = take_best_for(agent, 1, one=self.sqlite, array=not self.sqlite)
             async with self._write(one_statement=True) as conn:
                 lease = _lease(agent, now, lease_seconds)
                 found = await conn.rows(statement, {**params, **lease})
@@ -193,9 +298,11 @@ class TaskQueries(Base):
         taken: list[Task | None] = [None] * len(claims)
         hopeful = {agent.id for agent, _ in claims}  #: agents that may find more
         # One statement per run of claims of one agent (its free slots), which on
-        # PostgreSQL locks only the rows it looks at: concurrent claimers skip them.
-        async with self._write() as conn:
-            for places in _runs_of_one_agent(claims):
+        # PostgreSQL locks only the rows it looks at: concurrent claimers skip them. The
+        # free slots of one agent alone are one statement there, a transaction of its own.
+        runs = _runs_of_one_agent(claims)
+        async with self._write(one_statement=not self.sqlite and len(runs) == 1) as conn:
+            for places in runs:
                 agent, lease_seconds = claims[places[0]]
                 if agent.id not in hopeful:
                     continue
@@ -208,8 +315,8 @@ class TaskQueries(Base):
                         for row in await conn.rows(TAKE_CHOSEN, {**lease, "chosen": chosen})
                     ]
                 else:
-                    statement, params = take_best_for(agent, len(places))
-                    rows = (await conn.execute(statement, {**params, **lease})).all()
+                    statement, params = take_best_for(agent, len(places), array=True)
+                    rows = await conn.rows(statement, {**params, **lease})
                 if len(rows) < len(places):
                     hopeful.discard(agent.id)  # nothing more for it in this transaction
                 for place, task in zip(
@@ -247,20 +354,60 @@ class TaskQueries(Base):
         if progress is not None:
             statement = EXTEND_WITH_PROGRESS
             params.update(percent=progress.percent, eta=progress.eta, text=progress.activity[:1000])
-        async with self._write() as conn:
-            row = (await conn.execute(statement, params)).first()
-            if row is None:
-                raise await self._stale(conn, task_id, attempt)
-        return to_task(row)
+        # One statement, a transaction of its own (a heartbeat): the read that explains a
+        # refusal changes nothing, and would take a snapshot of its own in a transaction.
+        async with self._write(one_statement=not self.sqlite) as conn:
+            for row in await conn.rows(statement, params):
+                return to_task(row)
+            raise await self._stale(conn, task_id, attempt)
 
     async def finish_tasks(
         self, outcomes: Sequence[Outcome], now: float
     ) -> list[tuple[Task, bool] | errors.Error]:
+        if not self.sqlite and len({o.task_id for o in outcomes}) == len(outcomes):
+            return await self._finish_at_once(outcomes, now)
         answers: list[tuple[Task, bool] | errors.Error] = []
         async with self._write() as conn:
             for outcome in outcomes:
                 answers.append(await self._finish(conn, outcome, now))
         return answers
+
+    async def _finish_at_once(
+        self, outcomes: Sequence[Outcome], now: float
+    ) -> list[tuple[Task, bool] | errors.Error]:
+        """The outcomes (of distinct tasks) recorded by one statement, without BEGIN and
+        COMMIT: on PostgreSQL each of those is a round trip, and this is every agent's
+        path to a result. Refused outcomes are then read one by one, as `_finish` does,
+        each a statement of its own: in a transaction under READ COMMITTED they would take
+        a snapshot of their own all the same, and they change nothing. A task reported
+        twice in the batch takes `_finish`'s way: the second report must see the first.
+        """
+        if len(outcomes) == 1:
+            (outcome,) = outcomes
+            async with self._write(one_statement=True) as conn:
+                return [await self._finish(conn, outcome, now)]
+        # In id order, as the lease sweep (`expire_leases`) updates rows: looking the tasks
+        # up by primary key (`FINISH_ALL`), the statement locks them in the sweep's order,
+        # which keeps the two from deadlocking. The planner picks the join, so this is not
+        # a guarantee; a deadlock is reported as before.
+        ordered = sorted(outcomes, key=lambda o: o.task_id)
+        params = {
+            "task_ids": [o.task_id for o in ordered],
+            "agent_ids": [o.agent_id for o in ordered],
+            "attempts": [o.attempt for o in ordered],
+            "statuses": [o.status.value for o in ordered],
+            "results": [o.result for o in ordered],
+            "errors": [o.error for o in ordered],
+            "now": now,
+        }
+        async with self._write(one_statement=True) as conn:
+            done = {row["id"]: row for row in await conn.rows(FINISH_ALL, params)}
+            return [
+                (to_task(done[o.task_id]), True)
+                if o.task_id in done
+                else await self._refused(conn, o)
+                for o in outcomes
+            ]
 
     async def finish_task(
         self,
@@ -290,6 +437,10 @@ class TaskQueries(Base):
         }
         for row in await conn.rows(FINISH[o.status is TaskStatus.COMPLETED], params):
             return to_task(row), True
+        return await self._refused(conn, o)
+
+    async def _refused(self, conn: Conn, o: Outcome) -> tuple[Task, bool] | errors.Error:
+        """The answer to an outcome that changed nothing: a repeat, or stale."""
         task = await self._get(conn, o.task_id)
         if (
             task is not None
