@@ -221,7 +221,9 @@ async def test_a_batch_of_tasks_is_stored_as_sqlalchemy_reads_it(pg_store: SqlSt
 async def test_a_refused_batch_of_tasks_leaves_nothing(pg_store: SqlStore) -> None:
     with pytest.raises(errors.Conflict):  # no such job
         await pg_store.add_tasks([NewTask(type="t"), NewTask(type="t", job_id=999)], NOW)
-    # Too long for the column: refused as before, not cut to length.
-    with pytest.raises(exc.DBAPIError, match="too long"):
+    # Too long for the column: refused as the caller's error, not cut to length.
+    with pytest.raises(errors.Invalid, match="too long or out of range"):
         await pg_store.add_tasks([NewTask(type="t"), NewTask(type="x" * 129)], NOW)
+    with pytest.raises(errors.Invalid, match="too long or out of range"):  # a lone one too
+        await pg_store.add_tasks([NewTask(type="x" * 129)], NOW)
     assert await pg_store.list_tasks(TaskFilter(limit=5)) == []

@@ -367,6 +367,10 @@ class Base:
                 raise errors.Invalid(DATA_ERROR) from error
             except exc.TimeoutError as error:
                 raise errors.Busy(BUSY) from error
+            except exc.DBAPIError as error:
+                if _data_exception(error):
+                    raise errors.Invalid(DATA_ERROR) from error
+                raise
 
     @contextlib.asynccontextmanager
     async def _autocommit(self) -> AsyncIterator[Conn]:
@@ -404,12 +408,23 @@ class Base:
             raise errors.Invalid(DATA_ERROR) from error
         except exc.TimeoutError as error:
             raise errors.Busy(BUSY) from error
+        except exc.DBAPIError as error:
+            if _data_exception(error):
+                raise errors.Invalid(DATA_ERROR) from error
+            raise
 
     async def close(self) -> None:
         if isinstance(self.engine, AsyncEngine):
             await self.engine.dispose()
         else:
             self.engine.dispose()
+
+
+def _data_exception(error: exc.DBAPIError) -> bool:
+    """A value the database refuses (SQLSTATE class 22: too long, out of range) that the
+    driver did not raise as a DataError: SQLAlchemy's asyncpg adapter raises "value too
+    long for type character varying" as a plain database error."""
+    return str(getattr(error.orig, "sqlstate", "") or "").startswith("22")
 
 
 def to_account(row: Row[Any]) -> Account:
