@@ -1,5 +1,5 @@
 """Hot statements on PostgreSQL run on the asyncpg connection directly (`Conn.rows`,
-store/base.py `PgPrepared`), past SQLAlchemy's execution. They must read and write
+store/direct.py `PgPrepared`), past SQLAlchemy's execution. They must read and write
 exactly what SQLAlchemy does, raise the errors it raises, and stay inside the
 transaction SQLAlchemy's connection is in."""
 
@@ -15,7 +15,8 @@ from sqlalchemy import bindparam, exc, insert, select
 from taskfleet.core import errors
 from taskfleet.core.models import NewTask, Outcome, TaskFilter, TaskStatus
 from taskfleet.store import tables
-from taskfleet.store.base import Conn, _expanding, to_task
+from taskfleet.store.base import Conn, to_task
+from taskfleet.store.direct import expanding
 from taskfleet.store.queue import take_best_for
 from taskfleet.store.sql import SqlStore, open_store
 from taskfleet.store.tasks import FINISH, GET
@@ -142,7 +143,7 @@ async def test_a_typed_agents_claim_runs_directly(pg_store: SqlStore) -> None:
     statement compiled once; it still takes only tasks of its types."""
     agent = dataclasses.replace(await pg_store.add_agent("a1", None, NOW), task_types=("b", "c"))
     statement, _ = take_best_for(agent, 1, array=True)
-    assert not _expanding(statement)
+    assert not expanding(statement)
     await pg_store.add_tasks([NewTask(type="a"), NewTask(type="c"), NewTask(type="b")], NOW)
     taken = await pg_store.claim_tasks([(agent, 60.0)] * 3, NOW)
     assert sorted(t.type for t in taken if t is not None) == ["b", "c"] and taken[2] is None

@@ -30,7 +30,7 @@ from taskfleet.core.models import (
 )
 from taskfleet.services import Services, wire
 from taskfleet.store import tables
-from taskfleet.store.base import InsertMany
+from taskfleet.store.direct import InsertMany
 from taskfleet.store.sql import SqlStore, open_store
 
 NOW = 1_700_000_000.0
@@ -948,7 +948,7 @@ async def test_hot_statements_read_and_write_what_sqlalchemy_does(
     store: SqlStore, value: object
 ) -> None:
     # A lone insert, the lease and the outcome run on SQLite's driver directly
-    # (store/base.py Prepared): the task they return, and what they store, must be what
+    # (store/direct.py Prepared): the task they return, and what they store, must be what
     # every other query sees, and what a batch insert (through SQLAlchemy) stores.
     agent = await make_agent(store, "a1")
     (queued,) = await queue(store, NewTask(type="t", payload=value))
@@ -973,7 +973,7 @@ async def test_a_batch_comes_back_in_the_order_given_across_statements(
     store: SqlStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # On SQLite a batch goes in as multi-row statements of `InsertMany.CHUNK` rows, the
-    # rows coming back sorted by id (store/base.py): every task must be the one asked for,
+    # rows coming back sorted by id (store/direct.py): every task must be the one asked for,
     # as any other query reads it.
     monkeypatch.setattr(InsertMany, "CHUNK", 3)
     asked = [

@@ -180,7 +180,7 @@ class Writer:
     raises what broke it; the reader sees the broken connection too.
     """
 
-    __slots__ = ("_error", "_limit", "_queue", "_send", "_task", "batch")
+    __slots__ = ("_error", "_limit", "_queue", "_send", "_task", "_urgent", "batch")
 
     def __init__(
         self, send: Callable[[str], Awaitable[None]], limit: int = MAX_MESSAGE_BYTES
@@ -191,11 +191,15 @@ class Writer:
         self._queue: list[str] = []
         self._task: asyncio.Task[None] | None = None
         self._error: BaseException | None = None
+        self._urgent = False
 
-    def put(self, text: str) -> None:
+    def put(self, text: str, urgent: bool = False) -> None:
+        """Queues a message; `urgent` sends what is queued without waiting for more
+        (`COALESCE_TURNS`): a task just submitted, whose latency counts."""
         if self._error is not None:
             raise self._error
         self._queue.append(text)
+        self._urgent |= urgent
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._write())
 
@@ -213,7 +217,10 @@ class Writer:
     async def _write(self) -> None:
         try:
             for _ in range(COALESCE_TURNS):
+                if self._urgent:
+                    break
                 await asyncio.sleep(0)
+            self._urgent = False
             while self._queue:
                 if not self.batch:
                     await self._send(self._queue.pop(0))

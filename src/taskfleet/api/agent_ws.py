@@ -186,16 +186,16 @@ class Connection:
         text = message.get("text")
         return wire.decode(text if text is not None else message.get("bytes") or b"", self._limit)
 
-    def _send(self, text: str) -> None:
-        """Queues a message: those of one loop iteration go out together (`wire.Writer`)."""
-        self._writer.put(text)
+    def _send(self, text: str, urgent: bool = False) -> None:
+        """Queues a message: those of a few loop iterations go out together (`wire.Writer`)."""
+        self._writer.put(text, urgent)
 
-    def _request(self, method: str, params: dict[str, Any]) -> None:
+    def _request(self, method: str, params: dict[str, Any], urgent: bool = False) -> None:
         if len(self._pending) >= MAX_UNANSWERED:
             raise wire.ProtocolError("protocol violation: too many requests left unanswered.")
         msg_id = f"s{next(self._ids)}"
         self._pending[msg_id] = (method, params.get("task_id", 0), params.get("attempt", 0))
-        self._send(wire.request(msg_id, method, params))
+        self._send(wire.request(msg_id, method, params), urgent)
 
     # -- hello --------------------------------------------------------------------------
 
@@ -511,8 +511,8 @@ class Connection:
     def _run_handed(self) -> None:
         handed, self._handed = self._handed or [], None
         self._idle_sent = False
-        for task in handed:
-            self._request("task.run", self._run_params(task))
+        for task in handed:  # just submitted: out at once, not with what comes next
+            self._request("task.run", self._run_params(task), urgent=True)
 
     @staticmethod
     def _takes_work(agent: Agent) -> bool:

@@ -49,7 +49,8 @@ from taskfleet.core.models import (
     TaskFilter,
     TaskStatus,
 )
-from taskfleet.store.base import Base, Conn, InsertMany, task_row, to_task
+from taskfleet.store.base import Base, Conn, task_row, to_task
+from taskfleet.store.direct import InsertMany
 from taskfleet.store.jobs import forget_failures
 from taskfleet.store.queue import QUEUED, TAKE_CHOSEN, best_queued, take_best_for
 from taskfleet.store.tables import jobs, task_logs, task_outputs, tasks
@@ -96,7 +97,7 @@ def _json_text(value: JSONValue) -> str | None:
 
 
 INSERT_ALL = _insert_all_statement()
-#: A batch of tasks on SQLite: multi-row statements on the driver (store/base.py).
+#: A batch of tasks on SQLite: multi-row statements on the driver (store/direct.py).
 INSERT_MANY = InsertMany(tasks, list(task_row(NewTask(type=""), 0)))
 #: `INSERT` of one task, every column of `task_row` a parameter (`Conn.rows` runs it).
 INSERT_ONE = (
