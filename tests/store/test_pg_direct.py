@@ -19,7 +19,7 @@ from taskfleet.store.base import Conn, to_task
 from taskfleet.store.direct import expanding
 from taskfleet.store.queue import take_best_for
 from taskfleet.store.sql import SqlStore, open_store
-from taskfleet.store.tasks import FINISH, GET
+from taskfleet.store.task_statements import FINISH, GET
 from tests.conftest import PostgresServer
 
 NOW = 1_700_000_000.0

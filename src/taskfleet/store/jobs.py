@@ -31,8 +31,7 @@ from taskfleet.store.tables import (
     task_parents,
     tasks,
 )
-
-RUNNING = (TaskStatus.ACTIVE.value, TaskStatus.CANCEL_REQUESTED.value)
+from taskfleet.store.task_statements import RUNNING
 
 
 async def forget_failures(conn: Conn, task_ids: Sequence[int]) -> None:
