@@ -71,6 +71,8 @@ class Standby:
         standby runs) must not cost a look at every idle agent per task; what is not
         handed over is queued, as it always was."""
         chosen: dict[int, Waiter] = {}
+        if not self._waiting:  # a busy fleet: nothing to order the tasks for
+            return chosen
         budget = SCAN_BUDGET
         for i in sorted(range(len(tasks)), key=lambda i: _claim_order(tasks[i], i)):
             if not self._waiting:

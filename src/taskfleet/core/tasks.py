@@ -157,11 +157,11 @@ class TaskService:
             for waiter in waiters.values():
                 waiter.hand_over(None)  # nothing comes: they claim again
             raise
-        undelivered = [(w, created[i]) for i, w in waiters.items() if not self._hand(w, created[i])]
+        undelivered = [i for i, w in waiters.items() if not self._hand(w, created[i])]
         queued = [t for i, t in enumerate(created) if i not in waiters]
         await self._bus.notify(self._wake_channels(queued))
-        for waiter, task in undelivered:
-            created[created.index(task)] = await self._give_back(waiter, task)
+        for i in undelivered:
+            created[i] = await self._give_back(waiters[i], created[i])
         return created
 
     def _hand(self, waiter: Waiter, task: Task) -> bool:

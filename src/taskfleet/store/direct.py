@@ -25,44 +25,109 @@ from sqlalchemy.types import TypeEngine
 Hot = UpdateBase | Select[Any]
 
 
-class Prepared:
+#: (position, processor) pairs: what SQLAlchemy does to a parameter or a column's value.
+Processors = list[tuple[int, Callable[[Any], Any]]]
+
+
+def _processor(kind: TypeEngine[Any], dialect: Dialect) -> Callable[[Any], Any] | None:
+    """What SQLAlchemy does to a parameter of this type for the dialect (its own
+    implementation of the type: SQLite's JSON, for one, differs from the generic)."""
+    return kind.dialect_impl(dialect).bind_processor(dialect)
+
+
+def _result_processors(
+    columns: Sequence[Any], dialect: Dialect, oids: Sequence[int | None] | None = None
+) -> Processors:
+    """What SQLAlchemy does to each returned column's value (`oids`: the types the
+    database reported, which some of PostgreSQL's processors depend on)."""
+    kinds = oids or [None] * len(columns)
+    return [
+        (i, f)
+        for i, (column, oid) in enumerate(zip(columns, kinds, strict=True))
+        if (f := column.type.dialect_impl(dialect).result_processor(dialect, oid)) is not None
+    ]
+
+
+def _processed(values: Sequence[Any], processors: Processors) -> list[Any]:
+    out = list(values)
+    for i, process in processors:
+        out[i] = process(out[i])
+    return out
+
+
+def _mapped(names: Sequence[str], result: Processors, raws: Any) -> list[dict[str, Any]]:
+    """The driver's rows as mappings by column name, with the columns' processors."""
+    if not result:
+        return [dict(zip(names, raw, strict=True)) for raw in raws]
+    return [dict(zip(names, _processed(raw, result), strict=True)) for raw in raws]
+
+
+class _Compiled:
+    """A statement compiled once for a dialect, its positional parameters built as
+    SQLAlchemy would send them. Only for statements built once (module constants), with
+    no expanding (IN-list) parameters: `Conn.rows` runs those through SQLAlchemy."""
+
+    def __init__(self, statement: Hot, dialect: Dialect) -> None:
+        self._dialect = dialect
+        self._compiled = compiled = statement.compile(dialect=dialect)
+        self.sql = str(compiled)
+        self._keys = tuple(compiled.positiontup or ())
+        bind = {k: _processor(compiled.binds[k].type, dialect) for k in set(self._keys)}
+        self._bind = [(i, f) for i, k in enumerate(self._keys) if (f := bind[k]) is not None]
+        self._columns = tuple(statement.exported_columns)  # what RETURNING names
+        self._names = tuple(str(c.key) for c in self._columns)
+
+    def values(self, params: dict[str, Any]) -> list[Any]:
+        """The statement's positional parameters, as SQLAlchemy would send them."""
+        full = self._compiled.construct_params(params)  # adds the statement's own literals
+        return _processed([full[k] for k in self._keys], self._bind)
+
+
+class Prepared(_Compiled):
     """A statement every task runs through, run on SQLite's driver directly.
 
     SQLAlchemy's execution of a statement (building its parameters and execution context,
     wrapping each row) costs more than SQLite's own work for these short statements: about
     half of a task's lease and of its outcome (docs/benchmarks.md). This compiles the
     statement once and does the rest with the columns' own type processors, so the values
-    are exactly those SQLAlchemy would send and return. Only for statements built once
-    (module constants); `Conn.rows` runs those with expanding (IN-list) parameters,
-    rendered per call, through SQLAlchemy.
+    are exactly those SQLAlchemy would send and return.
     """
 
     def __init__(self, statement: Hot) -> None:
-        self._compiled = compiled = statement.compile(dialect=SQLITE)
-        self.sql = str(compiled)
-        self._keys = tuple(compiled.positiontup or ())
-        bind = {k: _processor(compiled.binds[k].type) for k in set(self._keys)}
-        self._bind = [(i, f) for i, k in enumerate(self._keys) if (f := bind[k]) is not None]
-        columns = statement.exported_columns  # what RETURNING names
-        self._names = tuple(str(c.key) for c in columns)
-        self._result = [
-            (i, f)
-            for i, c in enumerate(columns)
-            if (f := c.type.dialect_impl(SQLITE).result_processor(SQLITE, None)) is not None
-        ]
+        super().__init__(statement, SQLITE)
+        self._result = _result_processors(self._columns, SQLITE)
 
     def rows(self, driver: Any, params: dict[str, Any]) -> list[dict[str, Any]]:
-        full = self._compiled.construct_params(params)  # adds the statement's own literals
-        values = [full[k] for k in self._keys]
-        for i, process in self._bind:
-            values[i] = process(values[i])
-        found = []
-        for raw in driver.execute(self.sql, values).fetchall():
-            row = list(raw)
-            for i, process in self._result:
-                row[i] = process(row[i])
-            found.append(dict(zip(self._names, row, strict=True)))
-        return found
+        fetched = driver.execute(self.sql, self.values(params)).fetchall()
+        return _mapped(self._names, self._result, fetched)
+
+
+class PgPrepared(_Compiled):
+    """`Prepared` on PostgreSQL: a hot statement run on the asyncpg connection directly.
+
+    SQLAlchemy's execution costs about as much CPU as the round trip to a local
+    PostgreSQL (building the execution context, the adapter's cursor, wrapping rows).
+    This keeps the statement's positional parameters and the engine dialect's bind and
+    result processors, so the values sent and read are exactly SQLAlchemy's: JSON is
+    serialized by the dialect's bind processor and decoded by the codec the dialect sets
+    on every connection. The result processors depend on the type PostgreSQL reports for
+    each column (the dialect's Float, for one, converts only a NUMERIC), so they are
+    taken from the statement's first preparation.
+    """
+
+    def __init__(self, statement: Hot, dialect: Dialect) -> None:
+        super().__init__(statement, dialect)
+        self._result: Processors | None = None
+
+    async def rows(self, driver: Any, values: list[Any]) -> list[dict[str, Any]]:
+        if self._result is None:  # once per process: the statement's column types
+            prepared = await driver.prepare(self.sql)
+            oids = [attribute.type.oid for attribute in prepared.get_attributes()]
+            self._result = _result_processors(self._columns, self._dialect, oids)
+            records = await prepared.fetch(*values)
+        else:
+            records = await driver.fetch(self.sql, *values)
+        return _mapped(self._names, self._result, records)
 
 
 class InsertMany:
@@ -84,17 +149,12 @@ class InsertMany:
     def __init__(self, table: Table, keys: Sequence[str]) -> None:
         quote = SQLITE.identifier_preparer.quote
         self._keys = tuple(keys)
-        self._bind = [
-            (i, f) for i, k in enumerate(self._keys) if (f := _processor(table.c[k].type))
-        ]
+        bind = [_processor(table.c[k].type, SQLITE) for k in self._keys]
+        self._bind = [(i, f) for i, f in enumerate(bind) if f is not None]
         columns = list(table.columns)
         self._names = tuple(str(c.key) for c in columns)
         self._id = self._names.index("id")
-        self._result = [
-            (i, f)
-            for i, c in enumerate(columns)
-            if (f := c.type.dialect_impl(SQLITE).result_processor(SQLITE, None)) is not None
-        ]
+        self._result = _result_processors(columns, SQLITE)
         self._head = f"INSERT INTO {quote(table.name)} ({', '.join(map(quote, keys))}) VALUES "
         self._values = "(" + ", ".join("?" * len(self._keys)) + ")"
         self._tail = " RETURNING " + ", ".join(quote(c.name) for c in columns)
@@ -103,94 +163,21 @@ class InsertMany:
         found: list[dict[str, Any]] = []
         for start in range(0, len(params), self.CHUNK):
             chunk = params[start : start + self.CHUNK]
-            values: list[Any] = []
-            for row in chunk:
-                one = [row[k] for k in self._keys]
-                for i, process in self._bind:
-                    one[i] = process(one[i])
-                values += one
+            values = [
+                v for row in chunk for v in _processed([row[k] for k in self._keys], self._bind)
+            ]
             sql = self._head + ",".join([self._values] * len(chunk)) + self._tail
             try:
                 fetched = driver.execute(sql, values).fetchall()
             except sqlite3.Error as error:  # as `Conn.rows` raises them
                 raise exc.DBAPIError.instance(sql, values, error, sqlite3.Error) from error
-            for raw in sorted(fetched, key=lambda r: r[self._id]):
-                out = list(raw)
-                for i, process in self._result:
-                    out[i] = process(out[i])
-                found.append(dict(zip(self._names, out, strict=True)))
+            found += _mapped(self._names, self._result, sorted(fetched, key=lambda r: r[self._id]))
         return found
 
 
 #: The dialect `open_engine` gives SQLite engines (pysqlite with its defaults).
 SQLITE = sqlite.dialect()
 prepared_for = functools.cache(Prepared)
-
-
-def _processor(kind: TypeEngine[Any], dialect: Dialect = SQLITE) -> Callable[[Any], Any] | None:
-    """What SQLAlchemy does to a parameter of this type for the dialect (its own
-    implementation of the type: SQLite's JSON, for one, differs from the generic)."""
-    return kind.dialect_impl(dialect).bind_processor(dialect)
-
-
-class PgPrepared:
-    """`Prepared` on PostgreSQL: a hot statement run on the asyncpg connection directly.
-
-    SQLAlchemy's execution costs about as much CPU as the round trip to a local
-    PostgreSQL (building the execution context, the adapter's cursor, wrapping rows).
-    This compiles the statement once for the engine's dialect and keeps its positional
-    parameters and that dialect's bind and result processors, so the values sent and
-    read are exactly SQLAlchemy's: JSON is serialized by the dialect's bind processor
-    and decoded by the codec the dialect sets on every connection. The result
-    processors depend on the type PostgreSQL reports for each column (the dialect's
-    Float, for one, converts only a NUMERIC), so they are taken from the statement's
-    first preparation. Only for statements built once, with no expanding (IN-list)
-    parameters (as `Prepared`).
-    """
-
-    def __init__(self, statement: Hot, dialect: Dialect) -> None:
-        self._dialect = dialect
-        self._compiled = compiled = statement.compile(dialect=dialect)
-        self.sql = str(compiled)
-        self._keys = tuple(compiled.positiontup or ())
-        bind = {k: _processor(compiled.binds[k].type, dialect) for k in set(self._keys)}
-        self._bind = [(i, f) for i, k in enumerate(self._keys) if (f := bind[k]) is not None]
-        self._columns = tuple(statement.exported_columns)  # what RETURNING names
-        self._names = tuple(str(c.key) for c in self._columns)
-        self._result: list[tuple[int, Callable[[Any], Any]]] | None = None
-
-    def values(self, params: dict[str, Any]) -> list[Any]:
-        """The statement's positional parameters, as SQLAlchemy would send them."""
-        full = self._compiled.construct_params(params)  # adds the statement's own literals
-        values = [full[k] for k in self._keys]
-        for i, process in self._bind:
-            values[i] = process(values[i])
-        return values
-
-    async def rows(self, driver: Any, values: list[Any]) -> list[dict[str, Any]]:
-        if self._result is None:  # once per process: the statement's column types
-            prepared = await driver.prepare(self.sql)
-            types = [attribute.type.oid for attribute in prepared.get_attributes()]
-            self._result = [
-                (i, f)
-                for i, (c, oid) in enumerate(zip(self._columns, types, strict=True))
-                if (f := c.type.dialect_impl(self._dialect).result_processor(self._dialect, oid))
-                is not None
-            ]
-            records = await prepared.fetch(*values)
-        else:
-            records = await driver.fetch(self.sql, *values)
-        if not self._result:
-            return [dict(zip(self._names, record, strict=True)) for record in records]
-        found = []
-        for record in records:
-            row = list(record)
-            for i, process in self._result:
-                row[i] = process(row[i])
-            found.append(dict(zip(self._names, row, strict=True)))
-        return found
-
-
 #: One per statement and engine (each engine has a dialect of its own).
 pg_prepared = functools.lru_cache(maxsize=256)(PgPrepared)
 
